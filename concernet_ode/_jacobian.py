@@ -1,0 +1,129 @@
+"""The one place that evaluates vector fields and invariants and computes ``dH/dx``.
+
+Everything that needs the gradients of an invariant set (the tangent projection, the
+level-set Newton projection, the dissipative field) goes through :func:`invariant_jacobian`,
+so that grad-mode handling, shape checks and error messages are written once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+
+__all__ = [
+    "call_field",
+    "check_callable",
+    "evaluate_invariants",
+    "field_arity",
+    "invariant_jacobian",
+]
+
+
+def check_callable(obj: object, name: str) -> None:
+    """Raise a ``TypeError`` naming ``name`` unless ``obj`` is callable."""
+    if not callable(obj):
+        msg = f"`{name}` must be callable, got an object of type {type(obj).__name__}"
+        raise TypeError(msg)
+
+
+def field_arity(f: Callable) -> int:
+    """Return 2 if ``f`` is called as ``f(t, x)`` (torchdiffeq's convention), 1 for ``f(x)``.
+
+    Positional parameters without defaults are counted; a callable whose signature cannot be
+    read (some builtins) is assumed to follow torchdiffeq's ``f(t, x)``.
+    """
+    target = f.forward if isinstance(f, torch.nn.Module) else f
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 2
+    required = [p for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+    return 1 if len(required) == 1 else 2
+
+
+def call_field(f: Callable, arity: int, t: torch.Tensor | float, x: torch.Tensor,
+               name: str = "f") -> torch.Tensor:
+    """Evaluate a vector field with either signature and check it returns ``x``'s shape."""
+    out = f(x) if arity == 1 else f(t, x)
+    if not isinstance(out, torch.Tensor):
+        msg = f"`{name}` must return a torch.Tensor, got {type(out).__name__}"
+        raise TypeError(msg)
+    if out.shape != x.shape:
+        msg = (f"`{name}(x)` must have the same shape as `x`: expected {tuple(x.shape)}, "
+               f"got {tuple(out.shape)}")
+        raise ValueError(msg)
+    return out
+
+
+def evaluate_invariants(H: Callable, x: torch.Tensor, name: str = "H") -> torch.Tensor:
+    """Evaluate ``H(x)`` and return it with shape ``(..., m)``.
+
+    A function returning ``(...,)`` (one value per state) is read as ``m = 1``.
+
+    Raises:
+        TypeError: ``H`` does not return a tensor.
+        ValueError: the batch shape of ``H(x)`` differs from that of ``x``.
+    """
+    h = H(x)
+    if not isinstance(h, torch.Tensor):
+        msg = f"`{name}` must return a torch.Tensor, got {type(h).__name__}"
+        raise TypeError(msg)
+    batch = x.shape[:-1]
+    if h.shape == batch:
+        h = h.unsqueeze(-1)
+    if h.dim() != x.dim() or h.shape[:-1] != batch:
+        msg = (f"`{name}(x)` must have shape (..., m) or (...,) with the batch shape of `x`, "
+               f"{tuple(batch)}; got {tuple(h.shape)} for `x` of shape {tuple(x.shape)}")
+        raise ValueError(msg)
+    return h
+
+
+def invariant_jacobian(H: Callable, x: torch.Tensor, *, name: str = "H",
+                       create_graph: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values and Jacobian of an invariant set, batched over leading dimensions.
+
+    ``H`` is assumed to act on each state independently (as every network on batched input
+    does), so row ``i`` of the Jacobian for all samples at once is the gradient of
+    ``H_i(x).sum()``: one backward pass per invariant, no loop over the batch.
+
+    The Jacobian is computed under :func:`torch.enable_grad` even when the caller is in
+    ``torch.no_grad()`` mode (as ``odeint`` is during evaluation). The graph is kept
+    (``create_graph=True``) only when the caller has gradients enabled, so that parameters of
+    ``H`` -- and ``x`` itself, when it requires grad -- receive gradients through ``J``.
+
+    Args:
+        H: the invariant set, ``H(x) -> (..., m)`` or ``(...,)``.
+        x: states.
+        name: the argument name used in error messages.
+        create_graph: override whether to keep the graph; default: the caller's grad mode.
+
+    Returns:
+        ``(h, J)``: ``h`` of shape ``(..., m)`` and ``J = dH/dx`` of shape ``(..., m, n)``.
+
+    Shapes:
+        x: ``(..., n)``; h: ``(..., m)``; J: ``(..., m, n)``.
+    """
+    keep = torch.is_grad_enabled() if create_graph is None else create_graph
+    with torch.enable_grad():
+        xg = x if (keep and x.requires_grad) else x.detach().requires_grad_(True)
+        h = evaluate_invariants(H, xg, name)
+        m = h.shape[-1]
+        if not h.requires_grad:  # H ignores x and has no trainable parameters
+            jac = x.new_zeros((*h.shape, x.shape[-1]))
+            return (h if keep else h.detach()), jac
+        rows = []
+        for i in range(m):
+            (g,) = torch.autograd.grad(
+                h[..., i], xg, grad_outputs=torch.ones_like(h[..., i]),
+                retain_graph=keep or i < m - 1, create_graph=keep, materialize_grads=True,
+            )
+            rows.append(g)
+        jac = torch.stack(rows, dim=-2)
+    if not keep:
+        h = h.detach()
+    return h, jac

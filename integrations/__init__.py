@@ -1,0 +1,1 @@
+"""Adapters from concernet_ode to third-party stacks, one module each."""
