@@ -3,9 +3,12 @@
 The public names are listed in ``__all__``; everything else is internal.
 """
 
+from .contrastive import contrastive_invariant_loss
 from .data import TrajectoryData
+from .metrics import conservation_violation, invariant_fidelity, trajectory_mse
 from .models import MLP, Autoencoder, InvariantNet
 from .projection import ProjectedVectorField
+from .training import fit_autoencoder, fit_dynamics, fit_invariants
 
 __all__ = [
     "MLP",
@@ -13,6 +16,13 @@ __all__ = [
     "InvariantNet",
     "ProjectedVectorField",
     "TrajectoryData",
+    "conservation_violation",
+    "contrastive_invariant_loss",
+    "fit_autoencoder",
+    "fit_dynamics",
+    "fit_invariants",
+    "invariant_fidelity",
+    "trajectory_mse",
 ]
 
 __version__ = "0.1.0"

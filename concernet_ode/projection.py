@@ -152,6 +152,11 @@ class ProjectedVectorField(nn.Module):
         v = call_field(self.f, self._arity, t, x, "f")
         return tangent_project(jac, v, self.eps)
 
+    def _invariants_trainable(self) -> bool:
+        if isinstance(self.H, nn.Module):
+            return any(p.requires_grad for p in self.H.parameters())
+        return True  # a plain callable may close over trainable tensors: keep the graph
+
     def _jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(x, torch.Tensor):
             msg = f"`x` must be a torch.Tensor, got {type(x).__name__}"
@@ -159,7 +164,10 @@ class ProjectedVectorField(nn.Module):
         if x.dim() == 0:
             msg = "`x` must have at least one dimension (the state), got a scalar"
             raise ValueError(msg)
-        h, jac = invariant_jacobian(self.H, x)
+        # The graph through J is needed only if something upstream wants gradients from it:
+        # x itself, or trainable parameters of H (e.g. not while H is frozen in fit_dynamics).
+        keep = torch.is_grad_enabled() and (x.requires_grad or self._invariants_trainable())
+        h, jac = invariant_jacobian(self.H, x, create_graph=keep)
         m, n = h.shape[-1], x.shape[-1]
         if m >= n:
             msg = (f"`H` returns m = {m} invariants for a state of dimension n = {n}; the "

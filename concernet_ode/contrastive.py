@@ -1,0 +1,88 @@
+"""Contrastive losses that train a network to output a system's invariants.
+
+Points of one trajectory share the values of every conserved quantity and, generically, differ
+from the points of other trajectories; treating each trajectory as a class, a contrastive loss
+pulls a trajectory's features together and pushes other trajectories' away (eq. (4) of the
+ConCerNet paper), which the conserved quantities minimise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["contrastive_invariant_loss", "standardize_features"]
+
+
+def _check_features(features: object, name: str = "features") -> torch.Tensor:
+    if not isinstance(features, torch.Tensor):
+        msg = f"`{name}` must be a torch.Tensor of shape (B, T, m), got {type(features).__name__}"
+        raise TypeError(msg)
+    if features.dim() != 3:
+        msg = (f"`{name}` must have shape (B, T, m) (trajectories, times, invariants), got "
+               f"{tuple(features.shape)}; add a trailing dimension for m = 1")
+        raise ValueError(msg)
+    return features
+
+
+def standardize_features(features: torch.Tensor) -> torch.Tensor:
+    """Standardise each feature to zero mean and unit variance over the batch (eq. (8)).
+
+    Without it the loss can be driven down by inflating the scale of the features; with it,
+    only how the trajectories are arranged relative to one another matters.
+
+    Shapes:
+        features: ``(B, T, m)``; returns ``(B, T, m)``.
+    """
+    flat = features.reshape(-1, features.shape[-1])
+    mean = flat.mean(0)
+    std = flat.std(0, unbiased=False)
+    std = std.clamp_min(torch.finfo(features.dtype).eps ** 0.5)
+    return (features - mean) / std
+
+
+def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = False) -> torch.Tensor:
+    """Contrastive loss of eq. (4): each trajectory is a class.
+
+    For every point ``i`` with feature ``h_i``, with similarities ``s_ij = exp(-||h_i - h_j||^2)``,
+
+        l_i = -log( sum_{j in traj(i), j != i} s_ij / sum_{j != i} s_ij ),
+
+    and the loss is the mean of ``l_i`` over all ``B * T`` points. It is computed from one
+    ``(BT, BT)`` matrix of squared distances with ``logsumexp``, so it is stable however far
+    apart the features are.
+
+    Args:
+        features: the learned invariants at every point of ``B`` trajectories of ``T`` points.
+        normalize: standardise each feature over the batch first (eq. (8)), which prevents the
+            trivial decrease of the loss by scaling the features up.
+
+    Returns:
+        A scalar tensor.
+
+    Raises:
+        TypeError: ``features`` is not a tensor.
+        ValueError: it is not 3-D, or ``B < 2`` or ``T < 2`` (the loss needs a positive and a
+            negative for every point).
+
+    Shapes:
+        features: ``(B, T, m)``; returns ``()``.
+    """
+    features = _check_features(features)
+    n_traj, n_times, _ = features.shape
+    if n_traj < 2 or n_times < 2:
+        msg = (f"`features` needs at least 2 trajectories and 2 times per trajectory, got "
+               f"B = {n_traj}, T = {n_times}")
+        raise ValueError(msg)
+    if normalize:
+        features = standardize_features(features)
+    flat = features.reshape(n_traj * n_times, -1)
+    # Squared distances by differences, not by the |a|^2 + |b|^2 - 2ab expansion, which
+    # cancels catastrophically for nearby points -- exactly the positives that matter here.
+    logits = -(flat.unsqueeze(1) - flat.unsqueeze(0)).pow(2).sum(-1)
+    label = torch.arange(n_traj, device=features.device).repeat_interleave(n_times)
+    self_mask = torch.eye(n_traj * n_times, dtype=torch.bool, device=features.device)
+    same = (label.unsqueeze(0) == label.unsqueeze(1)) & ~self_mask
+    neg_inf = torch.finfo(logits.dtype).min
+    log_all = torch.logsumexp(logits.masked_fill(self_mask, neg_inf), dim=1)
+    log_pos = torch.logsumexp(logits.masked_fill(~same, neg_inf), dim=1)
+    return (log_all - log_pos).mean()

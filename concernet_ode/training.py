@@ -1,0 +1,231 @@
+"""Training loops: invariants (contrastive), dynamics (derivative matching), autoencoders.
+
+All three share one loop: Adam, a seeded shuffle per epoch, a tqdm bar showing the loss, and a
+history of per-epoch mean losses. Model initialisation is the caller's (seed it with
+``torch.manual_seed`` before building the model); the trainers seed only the data order.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._jacobian import call_field, check_callable, field_arity
+from .contrastive import contrastive_invariant_loss
+from .data import TrajectoryData
+from .projection import ProjectedVectorField
+
+__all__ = ["fit_autoencoder", "fit_dynamics", "fit_invariants"]
+
+History = dict[str, list[float]]
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"`{name}` must be a positive int, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _check_data(data: object, name: str = "data") -> TrajectoryData:
+    if not isinstance(data, TrajectoryData):
+        msg = f"`{name}` must be a TrajectoryData, got {type(data).__name__}"
+        raise TypeError(msg)
+    return data
+
+
+def _check_lr(lr: object) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        msg = f"`lr` must be a positive finite number, got {lr!r}"
+        raise ValueError(msg)
+    return float(lr)
+
+
+def _show_progress(progress: bool) -> bool:
+    return bool(progress) and sys.stderr.isatty()
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    yield from perm.split(batch_size)
+
+
+def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
+         batch_loss: Callable[[torch.Tensor], torch.Tensor], *, epochs: int, lr: float,
+         seed: int, progress: bool, desc: str,
+         val_loss: Callable[[], float] | None = None) -> History:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        msg = "the model has no trainable parameters (all have requires_grad=False)"
+        raise ValueError(msg)
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    history: History = {"loss": []}
+    if val_loss is not None:
+        history["val_loss"] = []
+    bar = tqdm(range(epochs), desc=desc, disable=not _show_progress(progress), leave=False)
+    for _ in bar:
+        total, count = 0.0, 0
+        for idx in _batches(n_items, batch_size, gen):
+            loss = batch_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        history["loss"].append(total / count)
+        postfix = {"loss": f"{history['loss'][-1]:.4g}"}
+        if val_loss is not None:
+            history["val_loss"].append(val_loss())
+            postfix["val"] = f"{history['val_loss'][-1]:.4g}"
+        bar.set_postfix(postfix, refresh=False)
+    return history
+
+
+def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000,
+                   batch_size: int = 10, lr: float = 1e-3, normalize: bool = True,
+                   seed: int = 0, progress: bool = True,
+                   val_data: TrajectoryData | None = None) -> History:
+    """Train ``model`` to output invariants of the trajectories in ``data`` (eqs. (4), (8)).
+
+    Each step takes ``batch_size`` whole trajectories and minimises
+    :func:`~concernet_ode.contrastive_invariant_loss` of ``model(x)`` over them.
+
+    Args:
+        model: maps states ``(..., n)`` to features ``(..., m)``, e.g. an ``InvariantNet``.
+        data: training trajectories (only ``x`` is used: no labels, no derivatives).
+        epochs: passes over the trajectories.
+        batch_size: trajectories per step (at least 2; the paper uses 10).
+        lr: Adam learning rate.
+        normalize: standardise the features over each batch (eq. (8)).
+        seed: seeds the order of the trajectories.
+        progress: show a tqdm bar (only when stderr is a terminal).
+        val_data: if given, the loss on these trajectories (all in one batch) is recorded
+            after every epoch as ``history["val_loss"]``.
+
+    Returns:
+        ``{"loss": [...], "val_loss": [...]}``: per-epoch mean losses.
+
+    Raises:
+        TypeError: ``data`` or ``val_data`` is not a ``TrajectoryData``.
+        ValueError: bad ``epochs``, ``batch_size`` or ``lr``.
+    """
+    data = _check_data(data)
+    epochs, lr = _positive_int(epochs, "epochs"), _check_lr(lr)
+    batch_size = _positive_int(batch_size, "batch_size")
+    if batch_size < 2 or data.n_traj < 2:
+        msg = (f"`batch_size` and the number of trajectories must be at least 2 for a "
+               f"contrastive loss, got batch_size = {batch_size}, {data.n_traj} trajectories")
+        raise ValueError(msg)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        if len(idx) < 2:  # a last batch of one trajectory has no negatives: skip its loss
+            return model(data.x[idx]).sum() * 0.0
+        return contrastive_invariant_loss(model(data.x[idx]), normalize=normalize)
+
+    val_loss = None
+    if val_data is not None:
+        val_data = _check_data(val_data, "val_data")
+
+        def val_loss() -> float:
+            with torch.no_grad():
+                return float(contrastive_invariant_loss(model(val_data.x), normalize=normalize))
+
+    return _run(model.parameters(), data.n_traj, batch_size, batch_loss, epochs=epochs, lr=lr,
+                seed=seed, progress=progress, desc="invariants", val_loss=val_loss)
+
+
+@contextmanager
+def _frozen(module: object, freeze: bool) -> Iterator[None]:
+    """Temporarily set ``requires_grad=False`` on an nn.Module's parameters."""
+    if not freeze or not isinstance(module, nn.Module):
+        yield
+        return
+    saved = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
+                 batch_size: int = 100, lr: float = 1e-3, seed: int = 0,
+                 progress: bool = True, train_invariants: bool = False) -> History:
+    """Fit a vector field to the derivatives in ``data`` by mean squared error over points.
+
+    Args:
+        model: ``f(t, x)`` or ``f(x)``, an ``nn.Module`` -- for example an ``MLP`` or a
+            ``ProjectedVectorField`` wrapping one.
+        data: trajectories with their time derivatives (the targets).
+        epochs: passes over all ``N * T`` points.
+        batch_size: points per step (the paper uses 100).
+        lr: Adam learning rate.
+        seed: seeds the order of the points.
+        progress: show a tqdm bar (only when stderr is a terminal).
+        train_invariants: for a ``ProjectedVectorField``, also train its invariant network;
+            by default it stays frozen (the ConCerNet recipe: learn ``H`` first, then ``f``).
+
+    Returns:
+        ``{"loss": [...]}``: per-epoch mean squared errors.
+
+    Raises:
+        TypeError: ``model`` is not a callable ``nn.Module``, ``data`` not a ``TrajectoryData``.
+        ValueError: bad ``epochs``, ``batch_size`` or ``lr``.
+    """
+    check_callable(model, "model")
+    if not isinstance(model, nn.Module):
+        msg = f"`model` must be an nn.Module with parameters to train, got {type(model).__name__}"
+        raise TypeError(msg)
+    data = _check_data(data)
+    epochs, lr = _positive_int(epochs, "epochs"), _check_lr(lr)
+    batch_size = _positive_int(batch_size, "batch_size")
+    x, dxdt = data.points()
+    arity = field_arity(model)
+    t0 = data.t[0]
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        pred = call_field(model, arity, t0, x[idx], "model")
+        return (pred - dxdt[idx]).pow(2).mean()
+
+    freeze = isinstance(model, ProjectedVectorField) and not train_invariants
+    with _frozen(model.invariants if freeze else None, freeze):
+        return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
+                    lr=lr, seed=seed, progress=progress, desc="dynamics")
+
+
+def fit_autoencoder(autoencoder: nn.Module, data: TrajectoryData | torch.Tensor, *,
+                    epochs: int = 1000, batch_size: int = 100, lr: float = 1e-3,
+                    seed: int = 0, progress: bool = True) -> History:
+    """Train an autoencoder on states by mean squared reconstruction error.
+
+    Args:
+        autoencoder: an ``Autoencoder`` (anything whose ``forward`` reconstructs its input).
+        data: trajectories (their states are used) or a tensor of states ``(..., n)``.
+        epochs, batch_size, lr, seed, progress: as in :func:`fit_dynamics`.
+
+    Returns:
+        ``{"loss": [...]}``: per-epoch mean squared reconstruction errors.
+    """
+    if isinstance(data, TrajectoryData):
+        x = data.points()[0]
+    elif isinstance(data, torch.Tensor) and data.dim() >= 1:
+        x = data.reshape(-1, data.shape[-1])
+    else:
+        msg = f"`data` must be a TrajectoryData or a tensor of states, got {type(data).__name__}"
+        raise TypeError(msg)
+    epochs, lr = _positive_int(epochs, "epochs"), _check_lr(lr)
+    batch_size = _positive_int(batch_size, "batch_size")
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return (autoencoder(x[idx]) - x[idx]).pow(2).mean()
+
+    return _run(autoencoder.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
+                lr=lr, seed=seed, progress=progress, desc="autoencoder")
