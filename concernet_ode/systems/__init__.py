@@ -1,0 +1,14 @@
+"""Benchmark systems of the paper's Table 1, with their true invariants and protocol.
+
+Each system offers ``vector_field(t, x)``, ``invariants(x)``, ``sample_initial(n, *, seed)``,
+``trajectories(n_traj, *, t_end, n_times, noise, seed)``, ``state_dim``, ``n_invariants`` and
+the protocol constants (``train_traj``, ``train_t_end``, ``train_n_times``, ``eval_traj``,
+``eval_t_end``, ``eval_n_times``, ``noise``, ``activation``, ``latent_dim``).
+"""
+
+from .base import ConservativeSystem
+from .chemical import ChemicalKinetics
+from .kepler import Kepler
+from .spring import SpringMass
+
+__all__ = ["ChemicalKinetics", "ConservativeSystem", "Kepler", "SpringMass"]

@@ -1,0 +1,201 @@
+"""Common interface of the benchmark systems: dynamics, true invariants, protocol, data."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torchdiffeq import odeint
+
+from ..data import TrajectoryData
+
+__all__ = ["ConservativeSystem"]
+
+
+def _generator(seed: int | torch.Generator) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        msg = f"`seed` must be an int or a torch.Generator, got {type(seed).__name__}"
+        raise TypeError(msg)
+    return torch.Generator().manual_seed(seed)
+
+
+def _count(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        msg = f"`{name}` must be an int >= {minimum}, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _check_state(x: object, state_dim: int, name: str = "x") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        msg = f"`{name}` must be a torch.Tensor, got {type(x).__name__}"
+        raise TypeError(msg)
+    if x.dim() == 0 or x.shape[-1] != state_dim:
+        msg = f"`{name}` must have shape (..., {state_dim}), got {tuple(x.shape)}"
+        raise ValueError(msg)
+    return x
+
+
+class ConservativeSystem(ABC):
+    """A benchmark system with known conserved quantities and the paper's protocol.
+
+    Subclasses set the class constants and implement :meth:`_field`, :meth:`_invariants` and
+    :meth:`_sample`; they may override :meth:`solve` with an exact solution.
+
+    Protocol constants (the paper's Table 1 setup, see ``design.md``):
+        ``train_traj`` trajectories (half held out) on ``[0, train_t_end]`` at
+        ``train_n_times`` points, with Gaussian noise ``noise`` on states and derivatives;
+        ``eval_traj`` trajectories on ``[0, eval_t_end]`` at ``eval_n_times`` points;
+        ``activation`` of the MLPs; ``latent_dim``, the number of invariants learned.
+    """
+
+    name: ClassVar[str]
+    state_names: ClassVar[tuple[str, ...]]
+    invariant_names: ClassVar[tuple[str, ...]]
+    train_traj: ClassVar[int]
+    train_t_end: ClassVar[float]
+    train_n_times: ClassVar[int]
+    eval_traj: ClassVar[int] = 10
+    eval_t_end: ClassVar[float]
+    eval_n_times: ClassVar[int] = 1001
+    noise: ClassVar[float] = 0.01
+    test_fraction: ClassVar[float] = 0.5
+    activation: ClassVar[str] = "tanh"
+    latent_dim: ClassVar[int] = 1
+    # Accuracy of the reference solutions (the authors used rtol 1e-10 with atol 1e-6).
+    rtol: ClassVar[float] = 1e-11
+    atol: ClassVar[float] = 1e-12
+
+    @property
+    def state_dim(self) -> int:
+        """Dimension ``n`` of the state."""
+        return len(self.state_names)
+
+    @property
+    def n_invariants(self) -> int:
+        """Number ``m`` of true conserved quantities."""
+        return len(self.invariant_names)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    @abstractmethod
+    def _field(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def _invariants(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def _sample(self, n: int, gen: torch.Generator, evaluation: bool) -> torch.Tensor: ...
+
+    def vector_field(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+        """The true right-hand side ``dx/dt = f(x)`` (autonomous; ``t`` is ignored).
+
+        Shapes:
+            x: ``(..., n)``; returns ``(..., n)`` in ``x``'s dtype and device.
+        """
+        return self._field(_check_state(x, self.state_dim))
+
+    def invariants(self, x: torch.Tensor) -> torch.Tensor:
+        """The true conserved quantities, in the order of ``invariant_names``.
+
+        Shapes:
+            x: ``(..., n)``; returns ``(..., m)``.
+        """
+        return self._invariants(_check_state(x, self.state_dim))
+
+    def sample_initial(self, n: int, *, seed: int | torch.Generator,
+                       evaluation: bool = False, dtype: torch.dtype = torch.float64,
+                       ) -> torch.Tensor:
+        """Draw ``n`` initial states from the protocol's distribution.
+
+        Args:
+            n: number of states.
+            seed: an int or a ``torch.Generator`` (advanced in place).
+            evaluation: draw from the evaluation distribution (differs from the training one
+                only where the protocol says so, e.g. chemical kinetics).
+            dtype: floating dtype of the result.
+
+        Returns:
+            Initial states on the CPU.
+
+        Raises:
+            ValueError: ``n`` is not a positive int.
+            TypeError: ``seed`` is neither an int nor a Generator.
+
+        Shapes:
+            returns ``(n, state_dim)``.
+        """
+        n = _count(n, "n")
+        return self._sample(n, _generator(seed), bool(evaluation)).to(dtype)
+
+    def _check_x0(self, x0: object) -> torch.Tensor:
+        x0 = _check_state(x0, self.state_dim, "x0")
+        if x0.dim() != 2:
+            msg = f"`x0` must have shape (N, {self.state_dim}), got {tuple(x0.shape)}"
+            raise ValueError(msg)
+        return x0
+
+    def solve(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Accurate solutions from ``x0`` at times ``t``, all trajectories in one solve.
+
+        The default integrates in float64 with an 8th-order Dormand-Prince method at
+        ``rtol``/``atol`` and casts back to ``x0``'s dtype.
+
+        Shapes:
+            x0: ``(N, n)``; t: ``(T,)``; returns ``(N, T, n)``.
+        """
+        x0 = self._check_x0(x0)
+        sol = odeint(self.vector_field, x0.double(), t.double(), method="dopri8",
+                     rtol=self.rtol, atol=self.atol)
+        return sol.movedim(0, -2).to(x0.dtype)
+
+    def trajectories(self, n_traj: int, *, t_end: float, n_times: int, noise: float = 0.0,
+                     seed: int | torch.Generator, evaluation: bool = False,
+                     dtype: torch.dtype = torch.float64) -> TrajectoryData:
+        """Generate trajectories with exact derivatives, then optionally add noise.
+
+        Initial states come from :meth:`sample_initial`; ``dxdt`` is the true vector field at
+        the clean states; with ``noise > 0``, i.i.d. Gaussian noise of that standard
+        deviation is added to both ``x`` and ``dxdt`` (:meth:`TrajectoryData.with_noise`),
+        drawn from the same generator after the initial states.
+
+        Args:
+            n_traj: number of trajectories ``N``.
+            t_end: final time; the grid is ``linspace(0, t_end, n_times)``.
+            n_times: number of sample times ``T`` (at least 2).
+            noise: standard deviation of the noise.
+            seed: an int or a ``torch.Generator``.
+            evaluation: draw initial states from the evaluation distribution.
+            dtype: dtype of the returned tensors (generation is always in float64).
+
+        Shapes:
+            returns ``t: (T,)``, ``x, dxdt: (N, T, n)``.
+        """
+        n_times = _count(n_times, "n_times", 2)
+        if not (isinstance(t_end, (int, float)) and 0 < t_end < math.inf):
+            msg = f"`t_end` must be a positive finite number, got {t_end!r}"
+            raise ValueError(msg)
+        gen = _generator(seed)
+        x0 = self.sample_initial(n_traj, seed=gen, evaluation=evaluation)
+        t = torch.linspace(0.0, float(t_end), n_times, dtype=torch.float64)
+        x = self.solve(x0, t)
+        data = TrajectoryData(t, x, self.vector_field(t, x)).with_noise(noise, seed=gen)
+        return data.to(dtype)
+
+    def train_data(self, seed: int | torch.Generator, *, dtype: torch.dtype = torch.float64,
+                   ) -> tuple[TrajectoryData, TrajectoryData]:
+        """The protocol's noisy training set, split by trajectory into ``(train, test)``."""
+        gen = _generator(seed)
+        data = self.trajectories(self.train_traj, t_end=self.train_t_end,
+                                 n_times=self.train_n_times, noise=self.noise, seed=gen,
+                                 dtype=dtype)
+        return data.split(self.test_fraction, seed=gen)
+
+    def eval_grid(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The evaluation time grid, ``(eval_n_times,)``."""
+        return torch.linspace(0.0, float(self.eval_t_end), self.eval_n_times, dtype=dtype)
