@@ -1,0 +1,217 @@
+"""Tests for the level-set Newton projection and odeint_projected (concernet_ode.manifold)."""
+
+import itertools
+
+import pytest
+import torch
+from torchdiffeq import odeint
+
+from concernet_ode import (
+    ConvergenceError,
+    ProjectedVectorField,
+    odeint_projected,
+    project_to_level_set,
+)
+from concernet_ode.manifold import ProjectionInfo
+from concernet_ode.systems import Kepler, SpringMass
+
+# Per-dtype bound on the invariant drift after projection: the default tolerance is
+# eps^(4/5) * max(1, |H|), and H(x) itself is evaluated with a rounding error of a few eps
+# times the size of its terms (1/r reaches ~5 on these orbits).
+DRIFT_TOL = {torch.float64: 1e-10, torch.float32: 2e-4}
+RK4 = {"method": "rk4", "options": {"step_size": 0.1}}  # coarse: plain RK4 drifts visibly
+
+
+def circle(x):
+    return x.pow(2).sum(-1)
+
+
+def kepler_states(n, dtype=torch.float64):
+    return Kepler().sample_initial(n, seed=0).to(dtype)
+
+
+def max_drift(H, xs, x0):
+    return float((H(xs) - H(x0)).detach().abs().max())
+
+
+@pytest.mark.parametrize(("system", "t_end"), [(Kepler(), 20.0), (SpringMass(), 50.0)])
+def test_rk4_drift_is_removed(system, t_end):
+    x0 = kepler_states(8) if isinstance(system, Kepler) else system.sample_initial(8, seed=1)
+    t = torch.linspace(0, t_end, 41, dtype=torch.float64)
+    plain = odeint(system.vector_field, x0, t, **RK4)
+    proj = odeint_projected(system.vector_field, x0, t, system.invariants, **RK4)
+    assert proj.shape == plain.shape == (41, 8, system.state_dim)
+    assert max_drift(system.invariants, plain, x0) > 1e-6
+    assert max_drift(system.invariants, proj, x0) <= DRIFT_TOL[torch.float64]
+
+
+def test_kepler_float32_holds_its_tolerance():
+    system = Kepler()
+    x0 = kepler_states(8, torch.float32)
+    t = torch.linspace(0, 10, 21)
+    proj, info = odeint_projected(system.vector_field, x0, t, system.invariants,
+                                  return_info=True, **RK4)
+    assert proj.dtype == torch.float32
+    assert max_drift(system.invariants, proj, x0) <= DRIFT_TOL[torch.float32]
+    assert int(info.iterations.max()) >= 1
+
+
+@pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_project_batch_shapes_and_dtypes(batch, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = 1 + torch.rand(*batch, 3, generator=gen, dtype=dtype)
+    y = project_to_level_set(x, circle, 2.0)
+    assert y.shape == x.shape and y.dtype == dtype
+    assert torch.allclose(circle(y), torch.full(batch, 2.0, dtype=dtype),
+                          atol=10 * torch.finfo(dtype).eps ** 0.8)
+    for idx in itertools.product(*[range(b) for b in batch]):
+        one = project_to_level_set(x[idx], circle, 2.0)
+        assert torch.allclose(one, y[idx], atol=10 * torch.finfo(dtype).eps)
+
+
+def test_project_several_invariants_per_sample_targets():
+    x0 = kepler_states(5)
+    x = x0 + 1e-3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(2),
+                                dtype=x0.dtype)
+    y = project_to_level_set(x, Kepler().invariants, Kepler().invariants(x0))
+    assert (Kepler().invariants(y) - Kepler().invariants(x0)).abs().max() <= 1e-12
+    assert (y - x).norm(dim=-1).max() < 1e-2  # a small correction, not a jump elsewhere
+
+
+def test_project_large_correction_converges():
+    x = torch.tensor([[1.1, 0.0], [0.0, 0.3]], dtype=torch.float64)
+    y = project_to_level_set(x, circle, 1.0)
+    assert torch.allclose(circle(y), torch.ones(2, dtype=torch.float64), atol=1e-12)
+
+
+def test_project_already_on_level_set_is_identity():
+    x = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    assert torch.equal(project_to_level_set(x, circle, 1.0), x)
+
+
+def test_unreachable_target_raises_with_details():
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    with pytest.raises(ConvergenceError, match=r"worst residual .* after 20 iteration.*tolerance"):
+        project_to_level_set(x, circle, -1.0)
+    assert issubclass(ConvergenceError, RuntimeError)
+
+
+def test_singular_jacobian_raises():
+    x = torch.zeros(2, dtype=torch.float64)  # grad of |x|^2 vanishes at the origin
+    with pytest.raises(ConvergenceError, match="did not converge for 1 of 1"):
+        project_to_level_set(x, circle, 1.0, max_iter=3)
+
+
+def test_on_failure_warn_returns_best_iterate():
+    x = torch.tensor([[1.0, 0.0], [0.0, 0.9]], dtype=torch.float64)
+    target = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="did not converge for 1 of 2"):
+        y = project_to_level_set(x, circle, target, on_failure="warn")
+    assert torch.isfinite(y).all()
+    assert abs(float(circle(y[1])) - 1.0) <= 1e-12
+
+
+def test_dependent_invariants_use_rank_revealing_fallback():
+    def twice(x):
+        h = circle(x)
+        return torch.stack([h, 2 * h], -1)
+
+    x = torch.tensor([1.2, 0.0, 0.0], dtype=torch.float64)
+    y = project_to_level_set(x, twice, torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert abs(float(circle(y)) - 1.0) <= 1e-12
+
+
+def test_projection_works_under_no_grad_and_keeps_graph_otherwise():
+    x = torch.tensor([1.1, 0.2], dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        y = project_to_level_set(x, circle, 1.0)
+    assert not y.requires_grad
+    y = project_to_level_set(x, circle, 1.0)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_gradcheck_through_odeint_projected():
+    system = SpringMass()
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    x0 = torch.tensor([[0.7, 0.2]], dtype=torch.float64, requires_grad=True)
+
+    def run(x):
+        return odeint_projected(system.vector_field, x, t, system.invariants,
+                                target=0.5, method="rk4", options={"step_size": 0.1})
+
+    assert torch.autograd.gradcheck(run, (x0,), eps=1e-6, atol=1e-6)
+
+
+def test_gradient_through_projection_matches_finite_differences():
+    x = torch.tensor([[1.3, -0.4, 0.5]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: project_to_level_set(z, circle, 1.0), (x,))
+
+
+def test_projected_vector_field_with_info_and_substeps():
+    system = Kepler()
+    x0 = kepler_states(4)
+    t = torch.linspace(0, 5, 6, dtype=torch.float64)
+    field = ProjectedVectorField(system.vector_field, system.invariants)
+    xs, info = odeint_projected(field, x0, t, system.invariants, substeps=3, return_info=True,
+                                method="rk4", options={"step_size": 0.1})
+    assert xs.shape == (6, 4, 4)
+    assert isinstance(info, ProjectionInfo)
+    assert info.times.shape == (15,) and info.iterations.shape == info.residuals.shape == (15, 4)
+    assert torch.allclose(info.times[2::3], t[1:])
+    assert float(info.residuals.max()) <= DRIFT_TOL[torch.float64]
+    assert max_drift(system.invariants, xs, x0) <= DRIFT_TOL[torch.float64]
+
+
+def test_adaptive_solver_and_field_of_x_only():
+    x0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    t = torch.linspace(0, 30, 31, dtype=torch.float64)
+
+    def field(x):
+        return torch.stack([2 * x[..., 1], -2 * x[..., 0]], -1)
+
+    xs = odeint_projected(field, x0, t, circle, rtol=1e-4, atol=1e-6)
+    assert max_drift(circle, xs, x0) <= DRIFT_TOL[torch.float64]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"tol": -1.0}, ValueError, "`tol` must be a positive finite float"),
+        ({"max_iter": 0}, ValueError, "`max_iter` must be a positive int"),
+        ({"on_failure": "ignore"}, ValueError, r"`on_failure` must be one of \('raise', 'warn'\)"),
+        ({"target": torch.ones(3)}, ValueError, "`target` must broadcast"),
+    ],
+)
+def test_project_argument_errors(kwargs, error, match):
+    args = {"target": 1.0, **kwargs}
+    with pytest.raises(error, match=match):
+        project_to_level_set(torch.ones(2, 2), circle, **args)
+
+
+def test_project_input_errors():
+    with pytest.raises(TypeError, match=r"`x` must be a torch\.Tensor"):
+        project_to_level_set([1.0, 0.0], circle, 1.0)
+    with pytest.raises(ValueError, match="`x` must have at least one dimension"):
+        project_to_level_set(torch.tensor(1.0), circle, 1.0)
+    with pytest.raises(TypeError, match="`H` must be callable"):
+        project_to_level_set(torch.ones(2), 3, 1.0)
+    with pytest.raises(ValueError, match="m <= n"):
+        project_to_level_set(torch.ones(2), lambda x: x.repeat(2), torch.zeros(4))
+
+
+def test_odeint_projected_argument_errors():
+    x0, t = torch.ones(2), torch.linspace(0, 1, 3)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['event_fn'\]"):
+        odeint_projected(SpringMass().vector_field, x0, t, circle, event_fn=None)
+    with pytest.raises(ValueError, match="`t` must be a 1-D tensor"):
+        odeint_projected(SpringMass().vector_field, x0, t[None], circle)
+    with pytest.raises(ValueError, match="`substeps` must be a positive int"):
+        odeint_projected(SpringMass().vector_field, x0, t, circle, substeps=0)
+    with pytest.raises(TypeError, match="`func` must be callable"):
+        odeint_projected(None, x0, t, circle)
+    with pytest.raises(TypeError, match=r"`x0` must be a torch\.Tensor"):
+        odeint_projected(SpringMass().vector_field, [1.0, 0.0], t, circle)
+    with pytest.raises(ValueError, match=r"`x0` must be a torch\.Tensor of shape"):
+        odeint_projected(SpringMass().vector_field, torch.tensor(1.0), t, circle)
