@@ -3,16 +3,17 @@
 The public names are listed in ``__all__``; everything else is internal.
 """
 
-from .contrastive import contrastive_invariant_loss
+from .contrastive import contrastive_invariant_loss, ranking_loss
 from .data import TrajectoryData
 from .metrics import conservation_violation, invariant_fidelity, trajectory_mse
 from .models import MLP, Autoencoder, InvariantNet
-from .projection import ProjectedVectorField
+from .projection import DissipativeVectorField, ProjectedVectorField
 from .training import fit_autoencoder, fit_dynamics, fit_invariants
 
 __all__ = [
     "MLP",
     "Autoencoder",
+    "DissipativeVectorField",
     "InvariantNet",
     "ProjectedVectorField",
     "TrajectoryData",
@@ -22,6 +23,7 @@ __all__ = [
     "fit_dynamics",
     "fit_invariants",
     "invariant_fidelity",
+    "ranking_loss",
     "trajectory_mse",
 ]
 

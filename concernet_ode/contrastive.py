@@ -4,13 +4,16 @@ Points of one trajectory share the values of every conserved quantity and, gener
 from the points of other trajectories; treating each trajectory as a class, a contrastive loss
 pulls a trajectory's features together and pushes other trajectories' away (eq. (4) of the
 ConCerNet paper), which the conserved quantities minimise.
+
+For dissipative systems, :func:`ranking_loss` adds the direction of time: a learned "energy"
+must not increase along a trajectory, which fixes the sign that the contrastive loss leaves free.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["contrastive_invariant_loss", "standardize_features"]
+__all__ = ["contrastive_invariant_loss", "ranking_loss", "standardize_features"]
 
 
 def _check_features(features: object, name: str = "features") -> torch.Tensor:
@@ -86,3 +89,50 @@ def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = Fals
     log_all = torch.logsumexp(logits.masked_fill(self_mask, neg_inf), dim=1)
     log_pos = torch.logsumexp(logits.masked_fill(~same, neg_inf), dim=1)
     return (log_all - log_pos).mean()
+
+
+def ranking_loss(features: torch.Tensor, *, margin: float = 0.0) -> torch.Tensor:
+    """Hinge penalty on every later point whose feature exceeds an earlier point's.
+
+    For a dissipative system the quantity to learn decreases along each trajectory, so for
+    every pair of times ``s < t`` of one trajectory and every feature ``k``,
+
+        l = relu(h_k(x_t) - h_k(x_s) + margin),
+
+    averaged over all ``B * T (T - 1) / 2`` ordered pairs and the ``m`` features. The
+    contrastive loss of eq. (4) cannot tell ``H`` from ``-H``; this term picks the sign for
+    which ``H`` decreases with time (the ranking loss of the paper's Section 5.1). Pairs are
+    formed within each trajectory only, from one ``(B, T, T, m)`` tensor of differences.
+
+    Args:
+        features: the learned quantities along ``B`` trajectories of ``T`` points, **in time
+            order** (as ``TrajectoryData.x`` stores them).
+        margin: how much each later value must lie below each earlier one before the pair
+            stops contributing; 0 penalises only increases. In the units of ``features`` (after
+            standardisation, when :func:`~concernet_ode.fit_invariants` normalises them).
+
+    Returns:
+        A scalar tensor, zero exactly when every feature decreases by at least ``margin``
+        between any two times of every trajectory.
+
+    Raises:
+        TypeError: ``features`` is not a tensor.
+        ValueError: it is not 3-D, ``T < 2`` (no pair of times), or ``margin`` is negative or
+            not finite.
+
+    Shapes:
+        features: ``(B, T, m)``; returns ``()``.
+    """
+    features = _check_features(features)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (
+            0 <= margin < float("inf")):
+        msg = f"`margin` must be a finite number >= 0, got {margin!r}"
+        raise ValueError(msg)
+    n_times = features.shape[1]
+    if n_times < 2:
+        msg = f"`features` needs at least 2 times per trajectory to rank, got T = {n_times}"
+        raise ValueError(msg)
+    # rise[b, s, t, k] = h_k(x_t) - h_k(x_s): positive where the later point t is higher.
+    rise = features.unsqueeze(1) - features.unsqueeze(2)
+    later = torch.ones(n_times, n_times, dtype=torch.bool, device=features.device).triu(1)
+    return torch.relu(rise[:, later] + margin).mean()

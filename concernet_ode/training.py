@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._jacobian import call_field, check_callable, field_arity
-from .contrastive import contrastive_invariant_loss
+from .contrastive import contrastive_invariant_loss, ranking_loss, standardize_features
 from .data import TrajectoryData
 from .projection import ProjectedVectorField
 
@@ -87,14 +87,40 @@ def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
     return history
 
 
+def _invariant_loss(model: nn.Module, normalize: bool, ranking_weight: float,
+                    ranking_margin: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss of :func:`fit_invariants` on a batch of trajectories ``(B, T, n)``."""
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        feats = model(x)
+        if normalize:
+            feats = standardize_features(feats)
+        total = contrastive_invariant_loss(feats)
+        if ranking_weight > 0:
+            total = total + ranking_weight * ranking_loss(feats, margin=ranking_margin)
+        return total
+
+    return loss
+
+
+def _check_weight(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 <= value < float("inf")):
+        msg = f"`{name}` must be a finite number >= 0, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
 def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000,
                    batch_size: int = 10, lr: float = 1e-3, normalize: bool = True,
                    seed: int = 0, progress: bool = True,
-                   val_data: TrajectoryData | None = None) -> History:
+                   val_data: TrajectoryData | None = None, ranking_weight: float = 0.0,
+                   ranking_margin: float = 0.0) -> History:
     """Train ``model`` to output invariants of the trajectories in ``data`` (eqs. (4), (8)).
 
     Each step takes ``batch_size`` whole trajectories and minimises
-    :func:`~concernet_ode.contrastive_invariant_loss` of ``model(x)`` over them.
+    :func:`~concernet_ode.contrastive_invariant_loss` of ``model(x)`` over them, plus
+    ``ranking_weight`` times :func:`~concernet_ode.ranking_loss` for a dissipative system.
 
     Args:
         model: maps states ``(..., n)`` to features ``(..., m)``, e.g. an ``InvariantNet``.
@@ -102,18 +128,24 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
         epochs: passes over the trajectories.
         batch_size: trajectories per step (at least 2; the paper uses 10).
         lr: Adam learning rate.
-        normalize: standardise the features over each batch (eq. (8)).
+        normalize: standardise the features over each batch (eq. (8)); the ranking loss then
+            sees the standardised features too.
         seed: seeds the order of the trajectories.
         progress: show a tqdm bar (only when stderr is a terminal).
         val_data: if given, the loss on these trajectories (all in one batch) is recorded
             after every epoch as ``history["val_loss"]``.
+        ranking_weight: weight of the ranking loss; 0 (the default) leaves it out. With a
+            positive weight the learned quantity decreases along the trajectories of ``data``
+            (which must be in time order), fixing its sign.
+        ranking_margin: ``margin`` of the ranking loss.
 
     Returns:
         ``{"loss": [...], "val_loss": [...]}``: per-epoch mean losses.
 
     Raises:
         TypeError: ``data`` or ``val_data`` is not a ``TrajectoryData``.
-        ValueError: bad ``epochs``, ``batch_size`` or ``lr``.
+        ValueError: bad ``epochs``, ``batch_size``, ``lr``, ``ranking_weight`` or
+            ``ranking_margin``.
     """
     data = _check_data(data)
     epochs, lr = _positive_int(epochs, "epochs"), _check_lr(lr)
@@ -122,11 +154,13 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
         msg = (f"`batch_size` and the number of trajectories must be at least 2 for a "
                f"contrastive loss, got batch_size = {batch_size}, {data.n_traj} trajectories")
         raise ValueError(msg)
+    loss = _invariant_loss(model, normalize, _check_weight(ranking_weight, "ranking_weight"),
+                           _check_weight(ranking_margin, "ranking_margin"))
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         if len(idx) < 2:  # a last batch of one trajectory has no negatives: skip its loss
             return model(data.x[idx]).sum() * 0.0
-        return contrastive_invariant_loss(model(data.x[idx]), normalize=normalize)
+        return loss(data.x[idx])
 
     val_loss = None
     if val_data is not None:
@@ -134,7 +168,7 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
 
         def val_loss() -> float:
             with torch.no_grad():
-                return float(contrastive_invariant_loss(model(val_data.x), normalize=normalize))
+                return float(loss(val_data.x))
 
     return _run(model.parameters(), data.n_traj, batch_size, batch_loss, epochs=epochs, lr=lr,
                 seed=seed, progress=progress, desc="invariants", val_loss=val_loss)

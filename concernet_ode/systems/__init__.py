@@ -8,7 +8,8 @@ the protocol constants (``train_traj``, ``train_t_end``, ``train_n_times``, ``ev
 
 from .base import ConservativeSystem
 from .chemical import ChemicalKinetics
+from .damped_spring import DampedSpring
 from .kepler import Kepler
 from .spring import SpringMass
 
-__all__ = ["ChemicalKinetics", "ConservativeSystem", "Kepler", "SpringMass"]
+__all__ = ["ChemicalKinetics", "ConservativeSystem", "DampedSpring", "Kepler", "SpringMass"]
