@@ -5,6 +5,7 @@ The public names are listed in ``__all__``; everything else is internal.
 
 from .contrastive import contrastive_invariant_loss, ranking_loss
 from .data import TrajectoryData
+from .manifold import ConvergenceError, odeint_projected, project_to_level_set
 from .metrics import conservation_violation, invariant_fidelity, trajectory_mse
 from .models import MLP, Autoencoder, InvariantNet
 from .projection import DissipativeVectorField, ProjectedVectorField
@@ -13,6 +14,7 @@ from .training import fit_autoencoder, fit_dynamics, fit_invariants
 __all__ = [
     "MLP",
     "Autoencoder",
+    "ConvergenceError",
     "DissipativeVectorField",
     "InvariantNet",
     "ProjectedVectorField",
@@ -23,6 +25,8 @@ __all__ = [
     "fit_dynamics",
     "fit_invariants",
     "invariant_fidelity",
+    "odeint_projected",
+    "project_to_level_set",
     "ranking_loss",
     "trajectory_mse",
 ]
