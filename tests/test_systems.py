@@ -1,0 +1,146 @@
+"""The benchmark systems: shapes, protocol, conservation, derivatives and reproducibility."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from concernet_ode import TrajectoryData
+from concernet_ode.systems import ChemicalKinetics, ConservativeSystem, Kepler, SpringMass
+
+SYSTEMS = [SpringMass(), ChemicalKinetics(), Kepler()]
+IDS = [s.name for s in SYSTEMS]
+
+
+@pytest.fixture(params=SYSTEMS, ids=IDS)
+def system(request) -> ConservativeSystem:
+    return request.param
+
+
+def test_protocol_constants():
+    spring, chem, kep = SYSTEMS
+    assert (spring.train_traj, spring.train_t_end, spring.train_n_times) == (50, 3.0, 30)
+    assert (chem.train_traj, chem.train_t_end, chem.train_n_times) == (100, 3.0, 30)
+    assert (kep.train_traj, kep.train_t_end, kep.train_n_times) == (100, 10.0, 100)
+    assert [s.eval_t_end for s in SYSTEMS] == [50.0, 10.0, 5.0]
+    assert all(s.eval_traj == 10 and s.eval_n_times == 1001 for s in SYSTEMS)
+    assert all(s.noise == 0.01 for s in SYSTEMS)
+    assert [s.activation for s in SYSTEMS] == ["tanh", "relu", "tanh"]
+    assert chem.k1 == pytest.approx(10 * math.exp(-5.74e3 / (8.31 * 250)))
+    assert chem.k2 == pytest.approx(10 * math.exp(-7.47e3 / (8.31 * 250)))
+
+
+def test_shapes_and_dtype(system, dtype):
+    n, m = system.state_dim, system.n_invariants
+    assert n == len(system.state_names) and m == len(system.invariant_names)
+    x = system.sample_initial(6, seed=0).to(dtype).reshape(2, 3, n)
+    assert system.vector_field(0.0, x).shape == (2, 3, n)
+    assert system.vector_field(0.0, x).dtype == dtype
+    assert system.invariants(x).shape == (2, 3, m)
+    data = system.trajectories(4, t_end=1.0, n_times=7, seed=0, dtype=dtype)
+    assert isinstance(data, TrajectoryData)
+    assert data.x.shape == (4, 7, n) and data.t.shape == (7,) and data.x.dtype == dtype
+
+
+def test_invariants_conserved_and_field_tangent(system):
+    data = system.trajectories(8, t_end=system.eval_t_end, n_times=201, seed=3, evaluation=True)
+    h = system.invariants(data.x)
+    scale = h.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    assert float(((h - h[:, :1]) / scale).abs().max()) < 1e-9
+    # dH/dt = grad H . f = 0 pointwise, checked by autograd on the true invariants.
+    x = data.x.reshape(-1, system.state_dim).requires_grad_(True)
+    for i in range(system.n_invariants):
+        (g,) = torch.autograd.grad(system.invariants(x)[..., i].sum(), x)
+        rate = (g * system.vector_field(0.0, x)).sum(-1).detach()
+        assert float(rate.abs().max()) < 1e-9 * float(g.abs().max() * data.dxdt.abs().max())
+
+
+def test_derivatives_match_finite_differences(system):
+    data = system.trajectories(5, t_end=1.0, n_times=2001, seed=1)
+    dt = float(data.t[1] - data.t[0])
+    central = (data.x[:, 2:] - data.x[:, :-2]) / (2 * dt)
+    err = (central - data.dxdt[:, 1:-1]).abs().max() / data.dxdt.abs().max()
+    assert float(err) < 1e-4  # central differences are O(dt^2) = O(2.5e-7) times f'''
+
+
+def test_numerical_solver_agrees_with_exact_solution(system):
+    x0 = system.sample_initial(6, seed=2, evaluation=True)
+    t = torch.linspace(0, system.eval_t_end / 5, 50, dtype=torch.float64)
+    exact = system.solve(x0, t)
+    numeric = ConservativeSystem.solve(system, x0, t)
+    assert exact.shape == (6, 50, system.state_dim)
+    scale = float(exact.abs().max())
+    assert float((exact - numeric).abs().max()) < 1e-6 * scale
+
+
+def test_seeds_reproducible(system):
+    a = system.trajectories(3, t_end=1.0, n_times=5, noise=0.01, seed=7)
+    b = system.trajectories(3, t_end=1.0, n_times=5, noise=0.01, seed=7)
+    c = system.trajectories(3, t_end=1.0, n_times=5, noise=0.01, seed=8)
+    assert torch.equal(a.x, b.x) and torch.equal(a.dxdt, b.dxdt)
+    assert not torch.equal(a.x, c.x)
+    gen = torch.Generator().manual_seed(7)
+    assert torch.equal(system.sample_initial(3, seed=gen), system.sample_initial(3, seed=7))
+
+
+def test_noise_added_to_states_and_derivatives(system):
+    clean = system.trajectories(50, t_end=1.0, n_times=20, seed=4)
+    noisy = system.trajectories(50, t_end=1.0, n_times=20, noise=0.01, seed=4)
+    for a, b in ((clean.x, noisy.x), (clean.dxdt, noisy.dxdt)):
+        assert float((a - b).std()) == pytest.approx(0.01, rel=0.05)
+
+
+def test_train_data_split_in_half(system):
+    train, test = system.train_data(0)
+    assert train.n_traj == test.n_traj == system.train_traj // 2
+    assert train.n_times == system.train_n_times
+    assert float(train.t[-1]) == pytest.approx(system.train_t_end)
+
+
+def test_initial_distributions():
+    spring, chem, kep = SYSTEMS
+    r = spring.sample_initial(2000, seed=0).norm(dim=-1)
+    assert 0.3 <= float(r.min()) and float(r.max()) <= 1.2
+    x = chem.sample_initial(2000, seed=0)
+    assert bool((x > 0).all()) and float(x.norm(dim=-1).max()) <= 100.1
+    assert float(x.sum(-1).max()) < 100.1 * math.sqrt(2)
+    mass = chem.sample_initial(2000, seed=0, evaluation=True).sum(-1)
+    assert 150 < float(mass.max()) <= 200.2  # evaluation extrapolates past training masses
+    s = kep.sample_initial(2000, seed=0)
+    pos, vel = s[..., :2], s[..., 2:]
+    r = pos.norm(dim=-1)
+    assert 0.1 <= float(r.min()) and float(r.max()) <= 1.0
+    assert float((pos * vel).sum(-1).abs().max()) < 1e-12  # tangential
+    ratio = vel.pow(2).sum(-1) * r
+    assert 1.0 <= float(ratio.min()) and float(ratio.max()) <= 1.3
+
+
+def test_kepler_closed_orbit_returns():
+    kep = Kepler()
+    x0 = kep.sample_initial(4, seed=5)
+    energy = kep.invariants(x0)[..., 0]
+    period = 2 * math.pi * (-0.5 / energy).pow(1.5)
+    for i in range(4):
+        t = torch.stack([torch.zeros((), dtype=torch.float64), period[i]])
+        x = kep.solve(x0[i : i + 1], t)
+        assert torch.allclose(x[0, 1], x0[i], atol=1e-9)
+
+
+def test_errors():
+    spring = SpringMass()
+    with pytest.raises(ValueError, match=r"`x` must have shape \(\.\.\., 2\)"):
+        spring.invariants(torch.zeros(3, 4))
+    with pytest.raises(TypeError, match=r"`x` must be a torch\.Tensor"):
+        spring.vector_field(0.0, [1.0, 2.0])
+    with pytest.raises(ValueError, match="`n` must be an int >= 1"):
+        spring.sample_initial(0, seed=0)
+    with pytest.raises(TypeError, match=r"`seed` must be an int or a torch\.Generator"):
+        spring.sample_initial(3, seed=1.5)
+    with pytest.raises(ValueError, match="`n_times` must be an int >= 2"):
+        spring.trajectories(3, t_end=1.0, n_times=1, seed=0)
+    with pytest.raises(ValueError, match="`t_end` must be a positive finite number"):
+        spring.trajectories(3, t_end=-1.0, n_times=5, seed=0)
+    with pytest.raises(ValueError, match=r"`x0` must have shape \(N, 2\)"):
+        spring.solve(torch.zeros(2), torch.linspace(0, 1, 3))
