@@ -5,6 +5,7 @@ The public names are listed in ``__all__``; everything else is internal.
 
 from .contrastive import contrastive_invariant_loss, ranking_loss
 from .data import TrajectoryData
+from .latent import LatentAdapter
 from .manifold import ConvergenceError, odeint_projected, project_to_level_set
 from .metrics import conservation_violation, invariant_fidelity, trajectory_mse
 from .models import MLP, Autoencoder, InvariantNet
@@ -17,6 +18,7 @@ __all__ = [
     "ConvergenceError",
     "DissipativeVectorField",
     "InvariantNet",
+    "LatentAdapter",
     "ProjectedVectorField",
     "TrajectoryData",
     "conservation_violation",
