@@ -1,0 +1,51 @@
+"""The ``concernet-ode reproduce`` command: a quick smoke run and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from concernet_ode.benchmark import METHODS, get_task, registered_tasks
+from concernet_ode.cli import main
+
+
+def test_quick_reproduce_writes_schema(tmp_path, capsys):
+    assert main(["reproduce", "--task", "spring", "--seeds", "0", "--out", str(tmp_path),
+                 "--quick", "--no-progress"]) == 0
+    doc = json.loads((tmp_path / "spring.json").read_text())
+    assert {"task", "seeds", "methods", "invariant_r2", "wall_seconds", "versions"} <= set(doc)
+    assert doc["task"] == "spring" and doc["seeds"] == [0]
+    assert set(doc["methods"]) == set(METHODS)
+    for entry in doc["methods"].values():
+        assert len(entry["mse"]) == len(entry["violation"]) == 1
+        assert len(entry["mse_per_traj"][0]) == 10  # the protocol's evaluation trajectories
+        assert all(v >= 0 for v in entry["mse"] + entry["violation"])
+    assert len(doc["invariant_r2"]) == 1 and doc["invariant_r2"][0] <= 1
+    assert doc["wall_seconds"] > 0 and "torch" in doc["versions"]
+    # the oracle projects onto the true invariant: conserved to solver accuracy
+    assert doc["methods"]["oracle"]["violation"][0] < 1e-6
+    assert (tmp_path / "spring.png").stat().st_size > 0
+    table = (tmp_path / "table1.md").read_text()
+    assert "| spring | concernet |" in table and "0.076 ± 0.063" in table
+    assert "spring: wall_seconds" in capsys.readouterr().out
+
+
+def test_unknown_task_lists_valid_ones(tmp_path, capsys):
+    assert main(["reproduce", "--task", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'nope'" in err
+    assert all(name in err for name in registered_tasks())
+
+
+def test_get_task_error():
+    with pytest.raises(ValueError, match="unknown task 'nope'; registered tasks: spring"):
+        get_task("nope")
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "concernet_ode.cli", "reproduce", "--help"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert "--quick" in out.stdout and "--seeds" in out.stdout
