@@ -25,10 +25,10 @@ def test_rate_matches_central_difference(rng):
     adapter = _adapter()
     x = torch.randn(3, 4, 101, generator=rng, dtype=torch.float64)
     xdot = torch.randn(3, 4, 101, generator=rng, dtype=torch.float64)
+    h = 1e-5  # central difference error ~ h^2 * |E'''| ~ 1e-10, round-off ~ eps / h ~ 1e-11
     with torch.no_grad():
         z, zdot = adapter.encode_with_rate(x, xdot)
-    h = 1e-5  # central difference error ~ h^2 * |E'''| ~ 1e-10, round-off ~ eps / h ~ 1e-11
-    fd = (adapter.encode(x + h * xdot) - adapter.encode(x - h * xdot)) / (2 * h)
+        fd = (adapter.encode(x + h * xdot) - adapter.encode(x - h * xdot)) / (2 * h)
     torch.testing.assert_close(z, adapter.encode(x), rtol=0, atol=0)
     rel = (zdot - fd).norm(dim=-1) / zdot.norm(dim=-1)
     assert float(rel.max()) < 1e-6
