@@ -104,6 +104,12 @@ def test_noise_and_dtype(heat, data):
     assert 0.008 < float((noisy.dxdt.double() - data.dxdt).std()) < 0.012
 
 
+def test_reused_solver_gives_order_independent_trajectories(heat, data):
+    """The compiled stepper is reused; each solve must still start afresh."""
+    alone = heat.solve(data.x[2:, 0], data.t, progress=False)
+    torch.testing.assert_close(alone[0], data.x[2], rtol=0, atol=0)
+
+
 def test_solve_keeps_dtype(heat):
     x0 = heat.sample_initial(2, seed=1, dtype=torch.float32)
     x = heat.solve(x0, torch.linspace(0, 0.1, 3), progress=False)
