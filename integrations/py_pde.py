@@ -11,7 +11,8 @@ from py-pde's own ``evolution_rate``.
 Grid: py-pde discretises ``[a, b]`` into ``n_nodes`` *cells* of width ``(b - a) / n_nodes``
 (10/101 for the defaults) with values at the cell centres and zero-flux boundaries by mirrored
 ghost cells. The ConCerNet authors use 101 *nodes* at spacing 0.1 with mirrored ghost nodes:
-the same physics and the same three-point stencil, on a grid 1% coarser. The total heat is the
+the same physics and the same three-point stencil, with a spacing 1% smaller (cell
+centres from -4.95 to 4.95 rather than nodes from -5 to 5). The total heat is the
 grid integral ``dx * sum(u)`` (:meth:`HeatEquation1D.invariants`); the paper's violation metric
 uses the plain nodal sum ``sum(u)`` (:meth:`HeatEquation1D.nodal_sum`), larger by ``1 / dx``.
 
@@ -40,7 +41,7 @@ __all__ = ["HeatEquation1D"]
 class _ReusedStepperSolver(RungeKuttaSolver):
     """py-pde's adaptive Runge-Kutta-Fehlberg solver that compiles its stepper only once.
 
-    py-pde compiles a new numba stepper for every ``solve`` (about 2 s here), while stepping
+    py-pde compiles a new numba stepper for every ``solve`` (seconds each), while stepping
     one heat trajectory takes milliseconds. Every trajectory lives on the same grid with the
     same dtype, so the compiled stepper is built on the first call and reused; each later run
     starts again from the initial step ``dt`` so trajectories do not depend on their order.
