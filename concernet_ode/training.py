@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ._jacobian import call_field, check_callable, field_arity
 from .contrastive import contrastive_invariant_loss, ranking_loss, standardize_features
 from .data import TrajectoryData
-from .projection import ProjectedVectorField
+from .projection import _GradientConstrainedField
 
 __all__ = ["fit_autoencoder", "fit_dynamics", "fit_invariants"]
 
@@ -204,7 +204,8 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
         lr: Adam learning rate.
         seed: seeds the order of the points.
         progress: show a tqdm bar (only when stderr is a terminal).
-        train_invariants: for a ``ProjectedVectorField``, also train its invariant network;
+        train_invariants: for a ``ProjectedVectorField`` (or ``DissipativeVectorField``), also
+            train its invariant (or ``V``) network;
             by default it stays frozen (the ConCerNet recipe: learn ``H`` first, then ``f``).
 
     Returns:
@@ -229,7 +230,7 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
         pred = call_field(model, arity, t0, x[idx], "model")
         return (pred - dxdt[idx]).pow(2).mean()
 
-    freeze = isinstance(model, ProjectedVectorField) and not train_invariants
+    freeze = isinstance(model, _GradientConstrainedField) and not train_invariants
     with _frozen(model.invariants if freeze else None, freeze):
         return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
                     lr=lr, seed=seed, progress=progress, desc="dynamics")

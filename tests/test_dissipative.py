@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchdiffeq import odeint
 
-from concernet_ode import DissipativeVectorField, InvariantNet, fit_invariants
+from concernet_ode import MLP, DissipativeVectorField, InvariantNet, fit_dynamics, fit_invariants
 from concernet_ode._jacobian import invariant_jacobian
 from concernet_ode.systems import DampedSpring
 
@@ -225,6 +225,20 @@ def test_true_field_is_left_alone_and_faster_decay_is_imposed():
     bound = e[0] * torch.exp(-fast * t).unsqueeze(-1)
     assert bool((e <= bound * (1 + 1e-7)).all())
     torch.testing.assert_close(e, bound, rtol=1e-7, atol=0)  # the bound is attained
+
+
+def test_fit_dynamics_keeps_v_frozen_unless_asked():
+    data = SYSTEM.trajectories(4, t_end=1.0, n_times=10, seed=0, dtype=torch.float32)
+    torch.manual_seed(0)
+    for train_v in (False, True):
+        V = InvariantNet(2, 1, hidden=8)
+        before = [p.detach().clone() for p in V.parameters()]
+        field = DissipativeVectorField(MLP(2, 2, hidden=8), V)
+        fit_dynamics(field, data, epochs=2, batch_size=20, progress=False,
+                     train_invariants=train_v)
+        same = all(torch.equal(a, b) for a, b in zip(before, V.parameters(), strict=True))
+        assert same is not train_v
+        assert all(p.requires_grad for p in V.parameters())  # unfrozen afterwards
 
 
 # ----------------------------------------------------------------------------------------
