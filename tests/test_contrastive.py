@@ -1,0 +1,130 @@
+"""Tests of the contrastive invariant loss (eq. (4)) and its batch-normalised form (eq. (8))."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from concernet_ode import contrastive_invariant_loss
+
+
+def naive_loss(features: torch.Tensor) -> float:
+    """Eq. (4) point by point, in plain Python floats: the reference for the vectorised loss."""
+    n_traj, n_times, _ = features.shape
+    pts = [(b, features[b, t].tolist()) for b in range(n_traj) for t in range(n_times)]
+    total = 0.0
+    for i, (bi, hi) in enumerate(pts):
+        pos = all_ = 0.0
+        for j, (bj, hj) in enumerate(pts):
+            if i == j:
+                continue
+            s = math.exp(-sum((a - b) ** 2 for a, b in zip(hi, hj, strict=True)))
+            all_ += s
+            pos += s if bi == bj else 0.0
+        total += -math.log(pos / all_)
+    return total / len(pts)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 1), (3, 4, 1), (4, 3, 2), (5, 6, 3)])
+def test_matches_naive_loop(shape, rng):
+    feats = torch.randn(shape, generator=rng, dtype=torch.float64)
+    got = contrastive_invariant_loss(feats)
+    assert got.shape == ()
+    assert got.dtype == torch.float64
+    assert abs(float(got) - naive_loss(feats)) < 1e-10
+
+
+def test_normalize_equals_naive_loop_on_standardised_features(rng):
+    feats = 3.0 + 5.0 * torch.randn(4, 5, 2, generator=rng, dtype=torch.float64)
+    flat = feats.reshape(-1, 2)
+    standardised = (feats - flat.mean(0)) / flat.std(0, unbiased=False)
+    got = contrastive_invariant_loss(feats, normalize=True)
+    assert abs(float(got) - naive_loss(standardised)) < 1e-10
+
+
+def test_normalize_is_invariant_to_feature_affine_maps(rng):
+    feats = torch.randn(5, 4, 2, generator=rng, dtype=torch.float64)
+    scaled = feats * torch.tensor([7.0, -0.01], dtype=torch.float64) + 11.0
+    a = contrastive_invariant_loss(feats, normalize=True)
+    b = contrastive_invariant_loss(scaled, normalize=True)
+    assert abs(float(a) - float(b)) < 1e-10
+    # Without normalisation the loss depends on the scale: that is what eq. (8) removes.
+    assert abs(float(contrastive_invariant_loss(scaled)) - float(a)) > 1e-3
+
+
+def test_normalize_constant_feature_stays_finite(rng):
+    feats = torch.zeros(3, 4, 1, dtype=torch.float64, requires_grad=True)
+    loss = contrastive_invariant_loss(feats, normalize=True)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(feats.grad).all()
+
+
+def test_perfect_invariant_reaches_the_lower_bound():
+    # Each trajectory constant and the trajectories far apart: every point's own trajectory
+    # carries all the similarity, so the loss tends to 0.
+    feats = (100.0 * torch.arange(4, dtype=torch.float64)).reshape(4, 1, 1).expand(4, 5, 1)
+    assert float(contrastive_invariant_loss(feats)) < 1e-12
+
+
+def test_invariant_beats_time_like_feature():
+    t = torch.linspace(0, 1, 6, dtype=torch.float64)
+    invariant = torch.arange(4, dtype=torch.float64)[:, None, None].expand(4, 6, 1)
+    time_like = t[None, :, None].expand(4, 6, 1)
+    assert contrastive_invariant_loss(invariant, normalize=True) < contrastive_invariant_loss(
+        time_like, normalize=True)
+
+
+def test_far_apart_features_stay_finite_with_gradients():
+    # exp(-d^2) underflows for every negative here; logsumexp must keep the loss finite.
+    feats = torch.tensor([[[0.0], [0.1]], [[1e3], [1e3 + 0.1]]], requires_grad=True)
+    loss = contrastive_invariant_loss(feats)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(feats.grad).all()
+
+
+def test_gradcheck(rng):
+    feats = torch.randn(3, 3, 2, generator=rng, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda f: contrastive_invariant_loss(f, normalize=True), (feats,))
+
+
+def test_float32_agrees_with_float64(rng):
+    feats = torch.randn(6, 10, 2, generator=rng, dtype=torch.float64)
+    a = contrastive_invariant_loss(feats, normalize=True)
+    b = contrastive_invariant_loss(feats.float(), normalize=True)
+    assert b.dtype == torch.float32
+    assert abs(float(a) - float(b)) < 1e-5 * float(a)
+
+
+def test_permuting_trajectories_or_times_leaves_loss_unchanged(rng):
+    feats = torch.randn(4, 5, 2, generator=rng, dtype=torch.float64)
+    base = contrastive_invariant_loss(feats)
+    shuffled = feats[torch.randperm(4, generator=rng)][:, torch.randperm(5, generator=rng)]
+    assert abs(float(base) - float(contrastive_invariant_loss(shuffled))) < 1e-12
+
+
+def test_device_follows_input(device):
+    feats = torch.randn(3, 4, 1, device=device)
+    assert contrastive_invariant_loss(feats, normalize=True).device == feats.device
+
+
+def test_rejects_non_tensor():
+    with pytest.raises(TypeError, match=r"`features` must be a torch.Tensor.*got list"):
+        contrastive_invariant_loss([[[0.0]]])
+
+
+@pytest.mark.parametrize("shape", [(4,), (4, 3), (2, 3, 4, 1)])
+def test_rejects_wrong_rank(shape):
+    with pytest.raises(ValueError, match=r"must have shape \(B, T, m\).*add a trailing"):
+        contrastive_invariant_loss(torch.zeros(shape))
+
+
+@pytest.mark.parametrize(("shape", "got"), [((1, 5, 1), "B = 1, T = 5"),
+                                            ((5, 1, 1), "B = 5, T = 1")])
+def test_rejects_too_few_trajectories_or_times(shape, got):
+    with pytest.raises(ValueError, match=f"at least 2 trajectories and 2 times.*{got}"):
+        contrastive_invariant_loss(torch.zeros(shape))

@@ -1,0 +1,158 @@
+"""Tests of Table 1's metrics and of the invariant fidelity (R^2 of an affine readout)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from concernet_ode import conservation_violation, invariant_fidelity, trajectory_mse
+
+
+def energy(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).sum(-1)
+
+
+# ---------------------------------------------------------------- invariant_fidelity
+
+
+def test_fidelity_is_one_for_an_affine_map(rng, dtype):
+    true = torch.randn(200, 2, generator=rng, dtype=dtype)
+    mix = torch.tensor([[2.0, -1.0, 0.5], [0.3, 4.0, 1.0]], dtype=dtype)
+    learned = true @ mix + torch.tensor([5.0, -3.0, 1.0], dtype=dtype)
+    r2 = invariant_fidelity(learned, true)
+    assert r2.shape == (2,)
+    assert r2.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # round-off of the float32 inputs
+    assert torch.all((r2 - 1).abs() < tol)
+
+
+def test_fidelity_known_value_for_a_quadratic_readout():
+    # y = u^2 from learned = u on the symmetric grid {-2,...,2}: the best line is constant
+    # (u and u^2 are uncorrelated there), so R^2 = 0 exactly.
+    u = torch.arange(-2.0, 3.0, dtype=torch.float64).unsqueeze(-1)
+    assert abs(float(invariant_fidelity(u, u**2))) < 1e-12
+    # On {0, 1, 2}: u^2 = (0, 1, 4) against u gives the line 2u - 1/3; residuals (1/3, -2/3,
+    # 1/3) sum of squares 2/3; total sum of squares 26/3; R^2 = 1 - (2/3)/(26/3) = 12/13.
+    u = torch.arange(0.0, 3.0, dtype=torch.float64).unsqueeze(-1)
+    assert abs(float(invariant_fidelity(u, u**2)) - 12 / 13) < 1e-12
+
+
+def test_fidelity_is_squared_correlation_for_one_feature(rng):
+    a = torch.randn(300, 1, generator=rng, dtype=torch.float64)
+    b = a + 0.5 * torch.randn(300, 1, generator=rng, dtype=torch.float64)
+    corr = torch.corrcoef(torch.cat([a, b], 1).T)[0, 1]
+    assert abs(float(invariant_fidelity(a, b)) - float(corr**2)) < 1e-12
+
+
+def test_fidelity_uses_all_learned_features(rng):
+    z = torch.randn(300, 2, generator=rng, dtype=torch.float64)
+    true = (z[:, :1] - 2 * z[:, 1:])
+    assert float(invariant_fidelity(z, true)) > 1 - 1e-12
+    assert float(invariant_fidelity(z[:, :1], true)) < 0.5
+
+
+def test_fidelity_ignores_gradients(rng):
+    learned = torch.randn(50, 1, generator=rng, requires_grad=True)
+    r2 = invariant_fidelity(learned, 2 * learned.detach())
+    assert not r2.requires_grad
+
+
+def test_fidelity_device_follows_true(device, rng):
+    true = torch.randn(50, 1, generator=rng).to(device)
+    assert invariant_fidelity(true.clone(), true).device == true.device
+
+
+def test_fidelity_rejects_non_tensor():
+    with pytest.raises(TypeError, match=r"`learned` must be a torch.Tensor.*got list"):
+        invariant_fidelity([[1.0]], torch.zeros(3, 1))
+
+
+@pytest.mark.parametrize(("learned", "true", "name"), [
+    (torch.zeros(10), torch.zeros(10, 1), "learned"),
+    (torch.zeros(10, 1), torch.zeros(10, 1, 1), "true"),
+])
+def test_fidelity_rejects_wrong_rank(learned, true, name):
+    with pytest.raises(ValueError, match=f"`{name}` must be a 2-D tensor"):
+        invariant_fidelity(learned, true)
+
+
+@pytest.mark.parametrize(("learned_shape", "true_shape"), [((10, 1), (9, 1)), ((3, 2), (3, 1))])
+def test_fidelity_rejects_mismatched_or_too_few_rows(learned_shape, true_shape):
+    with pytest.raises(ValueError, match=r"same number N > m1 \+ 1 of rows"):
+        invariant_fidelity(torch.randn(learned_shape), torch.randn(true_shape))
+
+
+def test_fidelity_rejects_constant_true_invariant(rng):
+    true = torch.cat([torch.randn(20, 1, generator=rng), torch.ones(20, 1)], 1)
+    with pytest.raises(ValueError, match="constant column"):
+        invariant_fidelity(torch.randn(20, 1, generator=rng), true)
+
+
+def test_fidelity_rejects_nan():
+    learned = torch.zeros(5, 1)
+    learned[2] = float("nan")
+    with pytest.raises(ValueError, match="`learned` contains NaN"):
+        invariant_fidelity(learned, torch.arange(5.0).unsqueeze(-1))
+
+
+# ---------------------------------------------------------------- trajectory_mse / violation
+
+
+def test_trajectory_mse_hand_computed():
+    true = torch.zeros(2, 1, 2, dtype=torch.float64)  # (T, B, n)
+    pred = torch.tensor([[[1.0, 3.0]], [[0.0, 2.0]]], dtype=torch.float64)
+    # squared errors (1, 9) at t0 and (0, 4) at t1: mean 14/4; per time (5, 2).
+    assert float(trajectory_mse(pred, true)) == 3.5
+    assert trajectory_mse(pred, true, time_dim=0).tolist() == [5.0, 2.0]
+    assert trajectory_mse(pred, true, time_dim=-3).tolist() == [5.0, 2.0]
+
+
+def test_conservation_violation_hand_computed():
+    true = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]], dtype=torch.float64)  # H = 1 throughout
+    pred = torch.tensor([[[1.0, 0.0]], [[0.0, 2.0]]], dtype=torch.float64)  # H = 1, then 4
+    assert float(conservation_violation(pred, true, energy)) == 4.5  # (0 + 9) / 2
+    assert conservation_violation(pred, true, energy, time_dim=0).tolist() == [0.0, 9.0]
+
+
+def test_conservation_violation_averages_over_invariants():
+    def two(x):
+        return torch.stack([x[..., 0], 2 * x[..., 1]], -1)
+
+    true = torch.zeros(3, 2, 2)
+    pred = torch.ones(3, 2, 2)
+    # differences (1, 2) at every point: mean of squares (1 + 4) / 2.
+    assert float(conservation_violation(pred, true, two)) == 2.5
+
+
+def test_time_curves_along_dim_one(rng):
+    pred = torch.randn(4, 7, 3, generator=rng)  # (B, T, n) layout of TrajectoryData
+    true = torch.zeros_like(pred)
+    curve = trajectory_mse(pred, true, time_dim=1)
+    assert curve.shape == (7,)
+    assert torch.allclose(curve, pred.pow(2).mean(dim=(0, 2)))
+    assert torch.allclose(curve.mean(), trajectory_mse(pred, true))
+
+
+def test_metrics_follow_dtype(dtype):
+    x = torch.ones(2, 3, 2, dtype=dtype)
+    assert trajectory_mse(x, 2 * x).dtype == dtype
+    assert conservation_violation(x, 2 * x, energy).dtype == dtype
+
+
+def test_metrics_reject_non_tensor():
+    with pytest.raises(TypeError, match=r"`pred` must be a torch.Tensor, got list"):
+        trajectory_mse([1.0], torch.zeros(1))
+    with pytest.raises(TypeError, match=r"`true` must be a torch.Tensor, got float"):
+        conservation_violation(torch.zeros(1), 1.0, energy)
+
+
+def test_metrics_reject_shape_mismatch():
+    with pytest.raises(ValueError, match=r"same shape, got \(2, 3\) and \(3, 2\)"):
+        trajectory_mse(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("time_dim", [3, -4, 1.0])
+def test_metrics_reject_bad_time_dim(time_dim):
+    x = torch.zeros(2, 3, 2)
+    with pytest.raises(ValueError, match=r"`time_dim` must be None or an int in \[-3, 3\)"):
+        trajectory_mse(x, x, time_dim=time_dim)

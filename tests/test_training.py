@@ -1,0 +1,164 @@
+"""Tests of the three training loops: quick runs on tiny data, determinism, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from concernet_ode import (
+    MLP,
+    Autoencoder,
+    InvariantNet,
+    ProjectedVectorField,
+    TrajectoryData,
+    fit_autoencoder,
+    fit_dynamics,
+    fit_invariants,
+)
+from concernet_ode.systems import SpringMass
+
+
+@pytest.fixture(scope="module")
+def spring_data() -> TrajectoryData:
+    return SpringMass().trajectories(8, t_end=3.0, n_times=10, noise=0.01, seed=0,
+                                     dtype=torch.float32)
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+# ---------------------------------------------------------------- fit_invariants
+
+
+def test_fit_invariants_decreases_loss(spring_data):
+    torch.manual_seed(0)
+    net = InvariantNet(2, 1, hidden=16)
+    hist = fit_invariants(net, spring_data, epochs=40, batch_size=4, lr=1e-2, progress=False)
+    assert len(hist["loss"]) == 40
+    assert sum(hist["loss"][-5:]) < sum(hist["loss"][:5])
+
+
+def test_fit_invariants_is_deterministic_given_seed(spring_data):
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        net = InvariantNet(2, 1, hidden=8)
+        hist = fit_invariants(net, spring_data, epochs=3, batch_size=3, seed=7, progress=False)
+        runs.append((hist["loss"], _params(net)))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+
+
+def test_fit_invariants_seed_changes_batch_order(spring_data):
+    losses = []
+    for seed in (0, 1):
+        torch.manual_seed(3)
+        net = InvariantNet(2, 1, hidden=8)
+        losses.append(fit_invariants(net, spring_data, epochs=2, batch_size=3, seed=seed,
+                                     progress=False)["loss"])
+    assert losses[0] != losses[1]
+
+
+def test_fit_invariants_records_val_loss_and_handles_a_last_single_trajectory(spring_data):
+    torch.manual_seed(0)
+    net = InvariantNet(2, 2, hidden=8)
+    train, val = spring_data[:5], spring_data[5:]  # batches of 2: the last holds one trajectory
+    hist = fit_invariants(net, train, epochs=2, batch_size=2, val_data=val, progress=False)
+    assert len(hist["val_loss"]) == 2
+    assert all(torch.isfinite(torch.tensor(hist["loss"] + hist["val_loss"])))
+
+
+def test_fit_invariants_errors(spring_data):
+    net = InvariantNet(2, 1, hidden=4)
+    with pytest.raises(TypeError, match="`data` must be a TrajectoryData, got Tensor"):
+        fit_invariants(net, spring_data.x, epochs=1)
+    with pytest.raises(TypeError, match="`val_data` must be a TrajectoryData, got str"):
+        fit_invariants(net, spring_data, epochs=1, val_data="x")
+    with pytest.raises(ValueError, match="`epochs` must be a positive int, got 0"):
+        fit_invariants(net, spring_data, epochs=0)
+    with pytest.raises(ValueError, match="`lr` must be a positive finite number, got -1"):
+        fit_invariants(net, spring_data, epochs=1, lr=-1)
+    with pytest.raises(ValueError, match=r"at least 2 for a contrastive loss.*batch_size = 1"):
+        fit_invariants(net, spring_data, epochs=1, batch_size=1)
+    with pytest.raises(ValueError, match=r"at least 2.*1 trajectories"):
+        fit_invariants(net, spring_data[:1], epochs=1)
+    net.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit_invariants(net, spring_data, epochs=1)
+
+
+# ---------------------------------------------------------------- fit_dynamics
+
+
+def test_fit_dynamics_decreases_loss(spring_data):
+    torch.manual_seed(0)
+    f = MLP(2, 2, hidden=16)
+    hist = fit_dynamics(f, spring_data, epochs=15, batch_size=10, lr=1e-2, progress=False)
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+
+
+def test_fit_dynamics_freezes_projected_invariants_by_default(spring_data):
+    torch.manual_seed(0)
+    field = ProjectedVectorField(MLP(2, 2, hidden=8), InvariantNet(2, 1, hidden=8))
+    h_before, f_before = _params(field.invariants), _params(field.field)
+    hist = fit_dynamics(field, spring_data, epochs=3, batch_size=20, progress=False)
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert all(torch.equal(a, b) for a, b in zip(h_before, _params(field.invariants),
+                                                 strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(f_before, _params(field.field),
+                                                     strict=True))
+    # The freeze is temporary: the invariant network trains again afterwards.
+    assert all(p.requires_grad for p in field.invariants.parameters())
+
+
+def test_fit_dynamics_trains_projected_invariants_on_request(spring_data):
+    torch.manual_seed(0)
+    field = ProjectedVectorField(MLP(2, 2, hidden=8), InvariantNet(2, 1, hidden=8))
+    h_before = _params(field.invariants)
+    fit_dynamics(field, spring_data, epochs=1, batch_size=20, train_invariants=True,
+                 progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(h_before, _params(field.invariants),
+                                                     strict=True))
+
+
+def test_fit_dynamics_is_deterministic_given_seed(spring_data):
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        f = MLP(2, 2, hidden=8)
+        runs.append(fit_dynamics(f, spring_data, epochs=2, seed=5, progress=False)["loss"])
+    assert runs[0] == runs[1]
+
+
+def test_fit_dynamics_errors(spring_data):
+    with pytest.raises(TypeError, match="`model` must be callable"):
+        fit_dynamics(3, spring_data)
+    with pytest.raises(TypeError, match=r"`model` must be an nn.Module.*got function"):
+        fit_dynamics(lambda x: x, spring_data)
+    with pytest.raises(TypeError, match="`data` must be a TrajectoryData, got tuple"):
+        fit_dynamics(MLP(2, 2), (spring_data.x, spring_data.dxdt))
+    with pytest.raises(ValueError, match="`batch_size` must be a positive int, got 0"):
+        fit_dynamics(MLP(2, 2), spring_data, batch_size=0)
+    with pytest.raises(ValueError, match=r"`model\(x\)` must have the same shape as `x`"):
+        fit_dynamics(MLP(2, 3), spring_data, epochs=1)
+
+
+# ---------------------------------------------------------------- fit_autoencoder
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_fit_autoencoder_decreases_loss(spring_data, as_tensor):
+    torch.manual_seed(0)
+    ae = Autoencoder(2, 2, hidden=(16,))
+    data = spring_data.x if as_tensor else spring_data
+    hist = fit_autoencoder(ae, data, epochs=20, batch_size=10, lr=1e-2, progress=False)
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+
+
+def test_fit_autoencoder_errors():
+    ae = Autoencoder(2, 1, hidden=(4,))
+    with pytest.raises(TypeError, match="TrajectoryData or a tensor of states, got list"):
+        fit_autoencoder(ae, [[0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"`epochs` must be a positive int, got 1\.5"):
+        fit_autoencoder(ae, torch.zeros(4, 2), epochs=1.5)
