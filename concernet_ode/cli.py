@@ -10,30 +10,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from . import _report
-from .benchmark import RunConfig, Task, available_tasks, get_task
+from .benchmark import RunConfig, SeedResult, Task, available_tasks, get_task
 
 __all__ = ["main", "reproduce"]
 
 
-def reproduce(task: Task, seeds: Sequence[int], out: Path, config: RunConfig) -> dict:
-    """Run every seed of ``task``, write its JSON and figure, and return the JSON document."""
+def _run_seed(name: str, seed: int, config: RunConfig) -> SeedResult:
+    torch.set_num_threads(1)  # one core per worker process: seeds run side by side
+    return get_task(name).run_seed(seed, config)
+
+
+def reproduce(task: Task, seeds: Sequence[int], out: Path, config: RunConfig,
+              jobs: int = 1) -> dict:
+    """Run every seed of ``task``, write its JSON and figure, and return the JSON document.
+
+    With ``jobs > 1`` the seeds run in that many worker processes; every seed is seeded on
+    its own, so the numbers do not depend on ``jobs``.
+    """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = []
-    bar = tqdm(seeds, desc=task.name, disable=not (config.progress and sys.stderr.isatty()))
-    for seed in bar:
-        results.append(task.run_seed(seed, config))
+    show = config.progress and sys.stderr.isatty()
+    if jobs > 1 and len(seeds) > 1:
+        quiet = replace(config, progress=False)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=ctx) as pool:
+            futures = [pool.submit(_run_seed, task.name, s, quiet) for s in seeds]
+            results = [f.result() for f in tqdm(futures, desc=task.name, disable=not show)]
+    else:
+        results = [task.run_seed(s, config) for s in tqdm(seeds, desc=task.name,
+                                                            disable=not show)]
     wall = time.perf_counter() - start
-    doc = _report.task_summary(task, results, wall, asdict(config))
+    doc = _report.task_summary(task, results, wall, {**asdict(config), "jobs": jobs})
     (out / f"{task.name}.json").write_text(json.dumps(doc, indent=1))
     _report.write_figure(out, task, results[0])
     return doc
@@ -49,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     rep.add_argument("--out", type=Path, default=Path("results"))
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep.add_argument("--jobs", type=int, default=1,
+                     help="run the seeds of a task in this many processes (default 1)")
     rep.add_argument("--quick", action="store_true",
                      help="a smoke run with a few epochs (the numbers mean nothing)")
     return parser
@@ -57,7 +78,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``concernet-ode`` (and ``python -m concernet_ode.cli``)."""
     args = _parser().parse_args(argv)
+    if args.jobs < 1:
+        print(f"concernet-ode reproduce: error: --jobs must be >= 1, got {args.jobs}",
+              file=sys.stderr)
+        return 2
     progress = not args.no_progress
+    # The models are small: one thread per process is fastest on a shared machine and makes
+    # the numbers independent of --jobs (same summation order in every process).
+    torch.set_num_threads(1)
     config = RunConfig.quick(progress) if args.quick else RunConfig(progress=progress)
     try:
         names = available_tasks() if args.task == "all" else [get_task(args.task).name]
@@ -66,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     tasks = [get_task(name) for name in names]
     for task in tasks:
-        doc = reproduce(task, args.seeds, args.out, config)
+        doc = reproduce(task, args.seeds, args.out, config, jobs=args.jobs)
         means = {m: (sum(v["mse"]) / len(v["mse"]), sum(v["violation"]) / len(v["violation"]))
                  for m, v in doc["methods"].items()}
         summary = "; ".join(f"{m} mse {a:.3g} viol {b:.3g}" for m, (a, b) in means.items())
