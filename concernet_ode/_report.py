@@ -85,12 +85,14 @@ def _ref(ref: dict, method: str, metric: str) -> str:
 
 def write_table(out: Path, tasks: list[Task]) -> Path:
     """Write ``out/table1.md`` from every ``out/<task>.json`` of the given tasks."""
-    rows, timing, fidelity = [], [], []
+    rows, timing, fidelity, notes = [], [], [], []
     for task in tasks:
         path = out / f"{task.name}.json"
         if not path.exists():
             continue
         doc = json.loads(path.read_text())
+        if getattr(task, "notes", ""):  # a task's own caveats (e.g. heat's metric)
+            notes += [task.notes, ""]
         for name in METHODS:
             m = doc["methods"][name]
             rows.append(
@@ -127,6 +129,7 @@ def write_table(out: Path, tasks: list[Task]) -> Path:
         "invariants, trained the same way (a reference, not a method: it needs the answer). "
         "All start from the same weights and see the same batches.",
         "",
+        *notes,
         "Invariant fidelity, R² of an affine readout of each true invariant from the learned "
         "ones (1000 fresh noise-free trajectories):",
         "",
