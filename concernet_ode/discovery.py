@@ -192,7 +192,7 @@ class InvariantCount:
     Attributes:
         count: the estimated number of independent conserved quantities.
         singular_ratios: ``sigma_k / sigma_1`` of the Jacobian of the conserved feature
-            combinations, averaged over the data points (the first is 1; empty when no
+            combinations, median over the data points (the first is 1; empty when no
             combination is conserved). Independent invariants give ratios of order one,
             functionally redundant ones ratios near zero.
         flow_fractions: for each of the ``max_m`` feature combinations (ascending), the
@@ -233,26 +233,24 @@ def _conserved_rank(model: nn.Module, z: TrajectoryData,
     """Flow fractions of the feature combinations, and the rank ratios of the conserved ones.
 
     With ``J`` the Jacobian of the features (rows in units of each feature's spread) and
-    ``v`` the unit direction of motion (from the data's ``dxdt``), a combination ``w^T h``
-    of the features changes along the flow at the rate ``w^T J v``. The generalised
-    eigenvalues of ``(E[J v v^T J^T], E[J J^T])`` are, for each combination, the fraction of
-    its squared gradient that points along the flow: near 0 for a conserved quantity, of
-    order ``1 / n`` for an arbitrary function. The combinations below ``flow_tol`` span the
-    conserved features; the mean over points of ``sigma_k / sigma_1`` of their Jacobian
-    gives their functional rank. Points moving slower than a tenth of the median speed are
-    skipped: there the noise on ``dxdt`` decides its direction.
+    ``v`` the velocity (the data's ``dxdt``), a combination ``w^T h`` of the features changes
+    along the flow at the rate ``w^T J v``. The generalised eigenvalues of
+    ``(E[J v v^T J^T], E[|v|^2 J J^T])`` are, for each combination, the fraction of its
+    squared gradient that points along the flow: near 0 for a conserved quantity, of order
+    ``1 / n`` for an arbitrary function. Weighting by ``|v|^2`` lets slow points, whose
+    noisy ``dxdt`` has no reliable direction, count little. The combinations below
+    ``flow_tol`` span the conserved features; the mean over points of ``sigma_k / sigma_1``
+    of their Jacobian gives their functional rank; the median, not the mean, so that a
+    feature that varies only on a thin set (a smoothed step) does not count.
     """
     n = z.state_dim
-    x, v = z.x.reshape(-1, n), z.dxdt.reshape(-1, n)
-    speed = torch.linalg.vector_norm(v, dim=-1)
-    moving = speed > 0.1 * speed.median()
-    x, vhat = x[moving], v[moving] / speed[moving].unsqueeze(-1)
+    x, v = z.x.reshape(-1, n), z.dxdt.reshape(-1, n).double()
     with torch.no_grad():
         h, jac = invariant_jacobian(model, x, name="model")
     tiny = torch.finfo(h.dtype).tiny
     jac = (jac / h.std(0).clamp_min(tiny).unsqueeze(-1)).double()  # (N, m, n)
-    along = (jac @ vhat.double().unsqueeze(-1)).squeeze(-1)  # (N, m)
-    total = torch.einsum("nij,nkj->ik", jac, jac) / len(x)
+    along = (jac @ v.unsqueeze(-1)).squeeze(-1)  # (N, m)
+    total = torch.einsum("nij,nkj,n->ik", jac, jac, v.pow(2).sum(-1)) / len(x)
     flow = along.T @ along / len(x)
     evals, evecs = torch.linalg.eigh(total)
     whiten = evecs / evals.clamp_min(evals.max() * 1e-12).sqrt()
@@ -261,11 +259,11 @@ def _conserved_rank(model: nn.Module, z: TrajectoryData,
     if conserved.shape[1] == 0:
         return fractions.to(h.dtype), h.new_zeros(0)
     sv = torch.linalg.svdvals(conserved.T @ jac)  # (N, k)
-    ratios = (sv / sv[:, :1].clamp_min(tiny)).mean(0)
+    ratios = (sv / sv[:, :1].clamp_min(tiny)).median(0).values
     return fractions.to(h.dtype), ratios.to(h.dtype)
 
 def estimate_num_invariants(data: TrajectoryData, *, max_m: int | None = None,
-                            epochs: int = 150, rtol: float = 0.2, flow_tol: float = 0.05,
+                            epochs: int = 150, rtol: float = 0.25, flow_tol: float = 0.05,
                             hidden: int = 64, activation: str = "tanh", batch_size: int = 10,
                             lr: float = 3e-3, seed: int = 0,
                             progress: bool = True) -> InvariantCount:
@@ -275,7 +273,7 @@ def estimate_num_invariants(data: TrajectoryData, *, max_m: int | None = None,
     contrastive loss (eqs. (4), (8)) on standardised states; keep the combinations of its
     features that are conserved along the data's flow (less than ``flow_tol`` of their
     squared gradient along ``dxdt``); count the numerical rank of their Jacobian
-    ``dH/dx`` at the data points (mean over points of ``sigma_k / sigma_1`` above ``rtol``).
+    ``dH/dx`` at the data points (median over points of ``sigma_k / sigma_1`` above ``rtol``).
 
     Why this way: the contrastive loss pulls every feature towards a conserved quantity,
     and the normalisation keeps each one varying across trajectories, so with ``max_m``
@@ -300,7 +298,11 @@ def estimate_num_invariants(data: TrajectoryData, *, max_m: int | None = None,
         max_m: number of features learned, at most the state dimension (the default).
         epochs, batch_size, lr, seed, progress: passed to
             :func:`~concernet_ode.fit_invariants`; ``seed`` also seeds the initialisation.
-        rtol: a mean singular-value ratio above this counts as an independent invariant.
+        rtol: a median singular-value ratio above this counts as an independent invariant.
+            Measured margins (150-400 epochs, 3 seeds): a second genuine invariant (rigid
+            body) gives 0.30-0.57; the chemical system's second, nearly discrete quantity
+            (which side of the equilibrium line a trajectory stays on) 0.15-0.21; a
+            function of the first invariant (spring) 0.11.
         flow_tol: the largest fraction of a feature's squared gradient along the flow for it
             to count as conserved.
         hidden: width of the network's two hidden layers.

@@ -136,11 +136,42 @@ def one_thread():
 @pytest.mark.parametrize("system", [SpringMass(), ChemicalKinetics()], ids=lambda s: s.name)
 def test_estimate_num_invariants_finds_one(system, one_thread):
     train, _ = system.train_data(0, dtype=torch.float32)
-    result = estimate_num_invariants(train, epochs=100, progress=False)
+    result = estimate_num_invariants(train, progress=False)  # 150 epochs
     assert isinstance(result, InvariantCount)
     assert result.count == 1
-    assert result.singular_ratios.shape == (2,)
-    assert result.singular_ratios[0] > 0.5  # the learned feature is conserved, not time-like
+    assert result.flow_fractions.shape == (2,)
+    assert result.flow_fractions[0] < 0.01  # the counted feature is conserved
+
+
+def test_estimate_num_invariants_does_not_count_an_untrained_feature(one_thread):
+    # One epoch leaves the network an arbitrary function: half its gradient lies along the
+    # flow, so nothing is counted (the count is not just a cap at n - 1 = 1).
+    train, _ = SpringMass().train_data(0, dtype=torch.float32)
+    result = estimate_num_invariants(train, epochs=1, progress=False)
+    assert result.count == 0
+    assert result.flow_fractions.min() > 0.3
+
+
+def euler_rigid_body(n_traj: int, seed: int) -> TrajectoryData:
+    """Free rigid body (Euler's equations, moments 1, 2, 3): two invariants in 3-d."""
+    from torchdiffeq import odeint
+
+    inertia = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+
+    def field(t, m):
+        return torch.linalg.cross(m, m / inertia)
+
+    gen = torch.Generator().manual_seed(seed)
+    m0 = torch.randn(n_traj, 3, generator=gen, dtype=torch.float64)
+    t = torch.linspace(0, 3, 30, dtype=torch.float64)
+    x = odeint(field, m0, t, rtol=1e-9, atol=1e-9).transpose(0, 1)
+    return TrajectoryData(t, x, field(t, x)).with_noise(0.01, seed=seed).to(torch.float32)
+
+
+@pytest.mark.slow
+def test_estimate_num_invariants_finds_two_for_a_rigid_body(one_thread):
+    result = estimate_num_invariants(euler_rigid_body(40, 0), epochs=400, progress=False)
+    assert result.count == 2
 
 
 def test_estimate_num_invariants_is_deterministic():
