@@ -16,6 +16,17 @@ from concernet_ode.systems import DampedSpring
 
 from .conftest import RTOL
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These networks are tiny: on a busy machine, intra-op threads only wait for each other
+    # (a 10x slowdown was measured on 2 shared cores).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------------
 # Random fields and Lyapunov-like functions
 
@@ -145,10 +156,14 @@ def test_no_grad_mode_and_training_through_the_field():
     gen = torch.Generator().manual_seed(0)
     V = QuadraticV(3, gen, torch.float64)
     f = torch.nn.Linear(3, 3).double()
+    with torch.no_grad():  # f(x) = x + bias makes V grow: the correction is active
+        f.weight.copy_(torch.eye(3))
+        f.bias.copy_(torch.randn(3, generator=gen, dtype=torch.float64))
     field = DissipativeVectorField(f, V, alpha=0.5)
     x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         out = field(0.0, x)
+        assert not torch.allclose(out, f(x))
     assert not out.requires_grad
     field(0.0, x).pow(2).sum().backward()
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in field.parameters())
