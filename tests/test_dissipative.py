@@ -295,3 +295,25 @@ def test_constructor_errors(args, kwargs, exc, match):
 def test_call_errors(f, V, x, exc, match):
     with pytest.raises(exc, match=match):
         DissipativeVectorField(f, V)(0.0, x)
+
+
+# ----------------------------------------------------------------------------------------
+# The damped spring itself
+
+
+def test_damped_spring_energy_decays_exactly_and_matches_its_field():
+    data = SYSTEM.trajectories(5, t_end=3.0, n_times=31, seed=2)
+    e = SYSTEM.invariants(data.x)[..., 0]
+    expected = e[:, :1] * torch.exp(-4 * SYSTEM.gamma * data.t)
+    torch.testing.assert_close(e, expected, rtol=1e-12, atol=0)
+    assert bool((e.diff(dim=1) < 0).all())
+    # the closed-form solution solves the field it declares
+    numeric = odeint(SYSTEM.vector_field, data.x[:, 0], data.t, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(numeric.movedim(0, 1), data.x, rtol=0, atol=1e-8)
+    assert repr(DampedSpring(0.2)) == "DampedSpring(gamma=0.2)"
+
+
+@pytest.mark.parametrize("gamma", [0.0, -0.1, math.nan, True, "0.1"])
+def test_damped_spring_rejects_bad_gamma(gamma):
+    with pytest.raises(ValueError, match=r"`gamma` must be a positive finite number, got"):
+        DampedSpring(gamma)
