@@ -18,6 +18,15 @@ from concernet_ode import (
 from concernet_ode.systems import SpringMass
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks train fastest on one thread; several fight over a shared machine's cores."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def spring_data() -> TrajectoryData:
     return SpringMass().trajectories(8, t_end=3.0, n_times=10, noise=0.01, seed=0,
@@ -34,8 +43,8 @@ def _params(module: torch.nn.Module) -> list[torch.Tensor]:
 def test_fit_invariants_decreases_loss(spring_data):
     torch.manual_seed(0)
     net = InvariantNet(2, 1, hidden=16)
-    hist = fit_invariants(net, spring_data, epochs=40, batch_size=4, lr=1e-2, progress=False)
-    assert len(hist["loss"]) == 40
+    hist = fit_invariants(net, spring_data, epochs=20, batch_size=4, lr=1e-2, progress=False)
+    assert len(hist["loss"]) == 20
     assert sum(hist["loss"][-5:]) < sum(hist["loss"][:5])
 
 
@@ -162,3 +171,25 @@ def test_fit_autoencoder_errors():
         fit_autoencoder(ae, [[0.0, 1.0]])
     with pytest.raises(ValueError, match=r"`epochs` must be a positive int, got 1\.5"):
         fit_autoencoder(ae, torch.zeros(4, 2), epochs=1.5)
+
+
+# ---------------------------------------------------------------- the paper's protocol
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 4's target is not met at seed 0 (R^2 0.966 "
+                   "measured): the batch-normalised loss prefers a non-affine function of H")
+def test_spring_protocol_reaches_the_fidelity_target():
+    """Issue 4's acceptance on the spring: 1000 epochs, batches of 10, R^2 >= 0.996."""
+    from concernet_ode import invariant_fidelity
+
+    system = SpringMass()
+    train, _ = system.train_data(0, dtype=torch.float32)
+    torch.manual_seed(0)
+    net = InvariantNet(2, 1, activation=system.activation)
+    fit_invariants(net, train, epochs=1000, batch_size=10, lr=1e-3, seed=0, progress=False)
+    fresh = system.trajectories(1000, t_end=3.0, n_times=30, seed=10_000, dtype=torch.float32)
+    x = fresh.x.reshape(-1, 2)
+    with torch.no_grad():
+        r2 = invariant_fidelity(net(x), system.invariants(x))
+    assert float(r2) >= 0.996

@@ -1,0 +1,110 @@
+"""Throughput of contrastive invariant training: steps per second and growth with B * T.
+
+Each step of ``fit_invariants`` evaluates the network on ``B`` trajectories of ``T`` points
+and the contrastive loss of eq. (4) on all ``(B T)^2`` pairs, so the loss's cost grows as
+``(B T)^2 m`` and the network's as ``B T``. This script measures, in one run:
+
+1. steps per second of ``fit_invariants`` at the paper's settings (batches of 10
+   trajectories; spring and chemical T = 30, m = 1; Kepler T = 100, m = 2);
+2. the time of one forward + backward pass of the loss for growing ``B * T``, for the
+   library's blockwise loss and, side by side, a reference that masks the full
+   ``(B T, B T)`` matrix for the positives (how the loss was first written), with the ratio.
+
+    python benchmarks/contrastive_throughput.py [--threads 1] [--float64] [--repeat 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from concernet_ode import InvariantNet, TrajectoryData, contrastive_invariant_loss, fit_invariants
+
+PAPER = [("spring", 10, 30, 2, 1, "tanh"), ("chemical", 10, 30, 2, 1, "relu"),
+         ("kepler", 10, 100, 4, 2, "tanh")]
+
+
+def masked_loss(features: torch.Tensor) -> torch.Tensor:
+    """Reference: eq. (4) with the positives picked from the full matrix by a mask."""
+    n_traj, n_times, m = features.shape
+    flat = features.reshape(-1, m)
+    logits = -(flat.unsqueeze(1) - flat.unsqueeze(0)).pow(2).sum(-1)
+    label = torch.arange(n_traj).repeat_interleave(n_times)
+    self_mask = torch.eye(n_traj * n_times, dtype=torch.bool)
+    same = (label.unsqueeze(0) == label.unsqueeze(1)) & ~self_mask
+    low = torch.finfo(logits.dtype).min
+    return (torch.logsumexp(logits.masked_fill(self_mask, low), 1)
+            - torch.logsumexp(logits.masked_fill(~same, low), 1)).mean()
+
+
+def seconds(fn, repeat: int) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def fit_steps_per_second(n_traj: int, n_times: int, n: int, m: int, activation: str,
+                         dtype: torch.dtype, steps: int) -> float:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n_traj, n_times, n, generator=gen, dtype=dtype)
+    data = TrajectoryData(torch.arange(n_times, dtype=dtype), x, torch.zeros_like(x))
+    torch.manual_seed(0)
+    net = InvariantNet(n, m, activation=activation).to(dtype)
+    fit_invariants(net, data, epochs=2, batch_size=n_traj, progress=False)  # warm-up
+    start = time.perf_counter()
+    fit_invariants(net, data, epochs=steps, batch_size=n_traj, progress=False)
+    return steps / (time.perf_counter() - start)
+
+
+def loss_ms(loss, n_traj: int, n_times: int, m: int, dtype: torch.dtype, repeat: int) -> float:
+    feats = torch.randn(n_traj, n_times, m, dtype=dtype, requires_grad=True)
+
+    def step() -> None:
+        loss(feats).backward()
+
+    return 1e3 * seconds(step, repeat)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--float64", action="store_true")
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = torch.float64 if args.float64 else torch.float32
+    print(f"# {platform.node()}, {platform.machine()}, {platform.python_version()}, torch "
+          f"{torch.__version__}, {dtype}, {args.threads} thread(s); medians of "
+          f"{args.repeat} runs")
+
+    print("\nfit_invariants at the paper's batch sizes (one batch of 10 trajectories per step)")
+    print(f"{'system':>9} {'B':>3} {'T':>4} {'B*T':>5} {'m':>2} {'steps/s':>9} {'ms/step':>8}"
+          f" {'steps per 1000 epochs':>22} {'est. s':>7}")
+    n_train = {"spring": 25, "chemical": 50, "kepler": 50}
+    for name, b, t, n, m, act in PAPER:
+        rate = fit_steps_per_second(b, t, n, m, act, dtype, steps=5 * args.repeat)
+        total = 1000 * -(-n_train[name] // b)
+        print(f"{name:>9} {b:>3} {t:>4} {b * t:>5} {m:>2} {rate:>9.1f} {1e3 / rate:>8.2f}"
+              f" {total:>22} {total / rate:>7.0f}")
+
+    print("\ncontrastive loss, forward + backward, B = 10, m = 2: growth with B*T")
+    print(f"{'B*T':>5} {'blockwise ms':>13} {'masked ms':>10} {'masked/blockwise':>17}"
+          f" {'blockwise ms / (B*T)^2 * 1e6':>29}")
+    for t in (10, 30, 100, 200):
+        new = loss_ms(contrastive_invariant_loss, 10, t, 2, dtype, args.repeat)
+        old = loss_ms(masked_loss, 10, t, 2, dtype, args.repeat)
+        bt = 10 * t
+        print(f"{bt:>5} {new:>13.3f} {old:>10.3f} {old / new:>17.2f} {1e6 * new / bt**2:>29.3f}")
+
+
+if __name__ == "__main__":
+    main()
