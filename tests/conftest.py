@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+# The tests use small tensors, for which intra-op threads cost more in synchronisation than
+# they save, and far more on a loaded machine; one thread keeps the suite fast everywhere.
+torch.set_num_threads(1)
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # Tolerances for identities that hold exactly in exact arithmetic (orthogonality of the
