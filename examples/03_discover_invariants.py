@@ -10,6 +10,10 @@ known laws (R^2 of an affine readout), turn it into a formula, and plot it:
 
     python examples/03_discover_invariants.py --out figs            # 100 epochs, ~1 min
     python examples/03_discover_invariants.py --epochs 1000         # the paper's protocol
+
+At 100 epochs the spring and chemical invariants are already good (R^2 ~ 0.99); the Kepler
+features are not yet conserved (their curves still oscillate along the orbits): Kepler needs
+the paper's 1000 epochs (~10 min on one CPU core) to flatten them.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ def main() -> None:
         net, train = learn(system, epochs)
         report(system, net)
         contour_panels(axes[row], system, net, train, box)
-        count = estimate_num_invariants(train, epochs=max(epochs // 2, 2), progress=False)
+        count = estimate_num_invariants(train, epochs=2 if args.quick else 150, progress=False)
         print(f"  independent invariants found: {count.count}")
     axes[0, 0].legend(loc="lower left", fontsize=7)
     fig.savefig(out / "fig2_contours.png", dpi=120)
