@@ -10,7 +10,7 @@ from torchdiffeq import odeint
 
 from concernet_ode import MLP, ProjectedVectorField, fit_dynamics
 from concernet_ode._stacked import StackedField, StackedMLP, fit_stacked_dynamics, projector
-from concernet_ode.benchmark import Task, register_task
+from concernet_ode.benchmark import Task, get_task, register_task
 from concernet_ode.metrics import Evaluation, evaluate
 from concernet_ode.systems import Kepler, SpringMass
 
@@ -101,3 +101,13 @@ def test_registry_errors():
 def test_stacked_mlp_rejects_mixed_shapes():
     with pytest.raises(ValueError, match="`mlps` must be a non-empty sequence of MLPs"):
         StackedMLP([MLP(2, 2), MLP(2, 2, hidden=5)])
+
+
+def test_plugin_task_not_registered(monkeypatch):
+    from concernet_ode import benchmark
+
+    monkeypatch.setitem(benchmark._PLUGINS, "fake", "no_such_module_for_concernet")
+    with pytest.raises(ValueError, match="task 'fake' is not available yet: it is registered "
+                                         "by no_such_module_for_concernet"):
+        get_task("fake")
+    assert "fake" not in benchmark.available_tasks()
