@@ -25,6 +25,7 @@ from concernet_ode.systems import Kepler
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: temp)")
+    parser.add_argument("--quick", action="store_true", help="accepted for the test runner")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="concernet_"))
     out.mkdir(parents=True, exist_ok=True)

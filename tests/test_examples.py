@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, check=False,
+        # One thread, as in this suite's own process: on a busy machine, oversubscribed
+        # intra-op threads make these small workloads several times slower.
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.glob("*.png")), f"{script.name} wrote no figure"
