@@ -3,7 +3,7 @@
 The public names are listed in ``__all__``; everything else is internal.
 """
 
-from .contrastive import contrastive_invariant_loss, ranking_loss
+from .contrastive import contrastive_invariant_loss, flow_alignment_loss, ranking_loss
 from .data import TrajectoryData
 from .latent import LatentAdapter
 from .manifold import ConvergenceError, odeint_projected, project_to_level_set
@@ -26,6 +26,7 @@ __all__ = [
     "fit_autoencoder",
     "fit_dynamics",
     "fit_invariants",
+    "flow_alignment_loss",
     "invariant_fidelity",
     "odeint_projected",
     "project_to_level_set",

@@ -11,9 +11,18 @@ must not increase along a trajectory, which fixes the sign that the contrastive 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-__all__ = ["contrastive_invariant_loss", "ranking_loss", "standardize_features"]
+from ._jacobian import invariant_jacobian
+
+__all__ = [
+    "contrastive_invariant_loss",
+    "flow_alignment_loss",
+    "ranking_loss",
+    "standardize_features",
+]
 
 
 def _check_features(features: object, name: str = "features") -> torch.Tensor:
@@ -153,3 +162,36 @@ def ranking_loss(features: torch.Tensor, *, margin: float = 0.0) -> torch.Tensor
     rise = features.unsqueeze(1) - features.unsqueeze(2)
     later = torch.ones(n_times, n_times, dtype=torch.bool, device=features.device).triu(1)
     return torch.relu(rise[:, later] + margin).mean()
+
+
+def flow_alignment_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine between each invariant's gradient and the observed flow.
+
+    A conserved quantity satisfies ``<grad H_i(x), dx/dt> = 0`` everywhere; the squared cosine
+    ``<g, v>^2 / (|g|^2 |v|^2)`` measures how far a learned ``H_i`` is from that, scale-free
+    in both ``H`` and the data. Alone it is minimised by a constant ``H``; next to the
+    contrastive loss (which rules that out) it sharpens the *direction* of ``grad H``, which is
+    all the projection of eq. (6) uses. This uses the derivative data, which the paper's
+    contrastive step does not: an extension, off unless asked for.
+
+    Args:
+        H: the learned invariants, ``(..., n) -> (..., m)``.
+        x: states.
+        dxdt: their observed time derivatives.
+
+    Returns:
+        A scalar in ``[0, 1]``; samples where either vector vanishes count as aligned.
+
+    Shapes:
+        x, dxdt: ``(..., n)``; returns ``()``.
+    """
+    if not isinstance(dxdt, torch.Tensor) or dxdt.shape != x.shape:
+        got = tuple(dxdt.shape) if isinstance(dxdt, torch.Tensor) else type(dxdt).__name__
+        msg = f"`dxdt` must be a tensor of the shape of `x`, {tuple(x.shape)}; got {got}"
+        raise ValueError(msg)
+    _, jac = invariant_jacobian(H, x)  # (..., m, n), with a graph when training
+    inner = (jac * dxdt.unsqueeze(-2)).sum(-1)
+    norms = jac.pow(2).sum(-1) * dxdt.pow(2).sum(-1, keepdim=True)
+    tiny = torch.finfo(jac.dtype).tiny
+    safe = torch.where(norms > tiny, norms, torch.ones_like(norms))
+    return torch.where(norms > tiny, inner.pow(2) / safe, 0.0).mean()

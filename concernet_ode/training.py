@@ -16,7 +16,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._jacobian import call_field, check_callable, field_arity
-from .contrastive import contrastive_invariant_loss, ranking_loss, standardize_features
+from .contrastive import (
+    contrastive_invariant_loss,
+    flow_alignment_loss,
+    ranking_loss,
+    standardize_features,
+)
 from .data import TrajectoryData
 from .projection import _GradientConstrainedField
 
@@ -88,16 +93,19 @@ def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
 
 
 def _invariant_loss(model: nn.Module, normalize: bool, ranking_weight: float,
-                    ranking_margin: float) -> Callable[[torch.Tensor], torch.Tensor]:
+                    ranking_margin: float, flow_weight: float,
+                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss of :func:`fit_invariants` on a batch of trajectories ``(B, T, n)``."""
 
-    def loss(x: torch.Tensor) -> torch.Tensor:
+    def loss(x: torch.Tensor, dxdt: torch.Tensor) -> torch.Tensor:
         feats = model(x)
         if normalize:
             feats = standardize_features(feats)
         total = contrastive_invariant_loss(feats)
         if ranking_weight > 0:
             total = total + ranking_weight * ranking_loss(feats, margin=ranking_margin)
+        if flow_weight > 0:
+            total = total + flow_weight * flow_alignment_loss(model, x, dxdt)
         return total
 
     return loss
@@ -115,7 +123,7 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
                    batch_size: int = 10, lr: float = 1e-3, normalize: bool = True,
                    seed: int = 0, progress: bool = True,
                    val_data: TrajectoryData | None = None, ranking_weight: float = 0.0,
-                   ranking_margin: float = 0.0) -> History:
+                   ranking_margin: float = 0.0, flow_weight: float = 0.0) -> History:
     """Train ``model`` to output invariants of the trajectories in ``data`` (eqs. (4), (8)).
 
     Each step takes ``batch_size`` whole trajectories and minimises
@@ -138,14 +146,17 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
             positive weight the learned quantity decreases along the trajectories of ``data``
             (which must be in time order), fixing its sign.
         ranking_margin: ``margin`` of the ranking loss.
+        flow_weight: weight of :func:`~concernet_ode.flow_alignment_loss`, which also asks
+            ``grad H`` to be orthogonal to the observed ``dxdt`` (an extension of the paper's
+            method that uses the derivative data; 0, the default, leaves it out).
 
     Returns:
         ``{"loss": [...], "val_loss": [...]}``: per-epoch mean losses.
 
     Raises:
         TypeError: ``data`` or ``val_data`` is not a ``TrajectoryData``.
-        ValueError: bad ``epochs``, ``batch_size``, ``lr``, ``ranking_weight`` or
-            ``ranking_margin``.
+        ValueError: bad ``epochs``, ``batch_size``, ``lr``, ``ranking_weight``,
+            ``ranking_margin`` or ``flow_weight``.
     """
     data = _check_data(data)
     epochs, lr = _positive_int(epochs, "epochs"), _check_lr(lr)
@@ -155,12 +166,13 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
                f"contrastive loss, got batch_size = {batch_size}, {data.n_traj} trajectories")
         raise ValueError(msg)
     loss = _invariant_loss(model, normalize, _check_weight(ranking_weight, "ranking_weight"),
-                           _check_weight(ranking_margin, "ranking_margin"))
+                           _check_weight(ranking_margin, "ranking_margin"),
+                           _check_weight(flow_weight, "flow_weight"))
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         if len(idx) < 2:  # a last batch of one trajectory has no negatives: skip its loss
             return model(data.x[idx]).sum() * 0.0
-        return loss(data.x[idx])
+        return loss(data.x[idx], data.dxdt[idx])
 
     val_loss = None
     if val_data is not None:
@@ -168,7 +180,7 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
 
         def val_loss() -> float:
             with torch.no_grad():
-                return float(loss(val_data.x))
+                return float(loss(val_data.x, val_data.dxdt))
 
     return _run(model.parameters(), data.n_traj, batch_size, batch_loss, epochs=epochs, lr=lr,
                 seed=seed, progress=progress, desc="invariants", val_loss=val_loss)
