@@ -61,11 +61,14 @@ from .py_pde import HeatEquation1D
 
 __all__ = ["HEAT_TASK", "HeatTask", "run_heat_seed"]
 
-# The autoencoder's training (not stated in the paper). Reconstruction error is the floor of
-# both metrics for every latent model: the decoded initial state already carries it. With a
-# constant learning rate the error keeps falling for several hundred epochs; these values
-# reach an evaluation-state reconstruction MSE well below the authors' trajectory MSE.
-AUTOENCODER_EPOCHS = 300
+# The autoencoder's training (not stated in the paper): Adam at 1e-3, batches of 100 states,
+# as the dynamics, for as many epochs as the protocol's other stages. Its error is the floor
+# of both metrics for every latent model: the decoded initial state already carries it, and
+# the projection then conserves the latent invariant at that (slightly wrong) value. The
+# sharp initial bumps are the hardest states: on seed 0, the nodal-sum error squared of
+# D(E(x0)) at the evaluation states is 0.063 after 300 epochs and 0.018 after 1000 (the
+# reconstruction MSE along the true evaluation trajectories 3.6e-5 and 2.1e-5).
+AUTOENCODER_EPOCHS = 1000
 AUTOENCODER_BATCH = 100
 AUTOENCODER_LR = 1e-3
 # Fresh noise-free trajectories for the invariant's R^2 (the training distribution); fewer
@@ -208,7 +211,7 @@ def run_heat_seed(seed: int, config: RunConfig, heat: HeatEquation1D | None = No
     start from the same weights), the batch orders (``seed``), the evaluation states
     (``10000 + seed``) and the fidelity trajectories (``20000 + seed``). ``config`` scales
     the autoencoder's and the dynamics' epochs as it scales its ``dynamics_epochs`` against
-    the default (the full protocol: 300 and 200).
+    the default (the full protocol: 1000 and 200).
 
     Args:
         seed: the task seed.
