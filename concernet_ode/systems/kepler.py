@@ -21,7 +21,10 @@ class Kepler(ConservativeSystem):
     evaluation: 10 on ``[0, 5]`` at 1001 points. Reference solutions are computed with an
     8th-order adaptive method in float64 (all trajectories in one solve).
 
-    Two invariants are learned by default (``latent_dim = 2``; the paper tried 1 and 2).
+    One invariant is learned by default (``latent_dim = 1``; the paper tried 1 and 2): with
+    two standardised features the contrastive fit was unreliable (R^2 against E of 0.59,
+    0.76 and 0.003 over seeds 0-2) and the projection onto them hurt; with one feature the
+    learned invariant is mostly L (R^2 0.96-0.99; 0.76-0.81 against E).
 
     Shapes:
         states ``(..., 4)`` ordered ``(x, y, vx, vy)``; invariants ``(..., 2)``.
@@ -32,7 +35,7 @@ class Kepler(ConservativeSystem):
     invariant_names = ("E", "L")
     train_traj, train_t_end, train_n_times = 100, 10.0, 100
     eval_t_end = 5.0
-    latent_dim = 2
+    latent_dim = 1
     radius = (0.1, 1.0)
     speed_factor = (1.0, 1.3)
 
