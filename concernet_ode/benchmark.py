@@ -195,11 +195,12 @@ def _fidelity(system: ConservativeSystem, H: torch.nn.Module, seed: int) -> dict
 
 
 def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConfig, *,
-                          normalize: bool = True) -> SeedResult:
+                          normalize: bool = True, flow_weight: float = 0.0) -> SeedResult:
     """One seed of the Table 1 protocol on a conservative system (see the module docstring).
 
     ``normalize`` chooses the contrastive loss: standardised features (eq. (8)) or the raw
-    features of eq. (4), whose scale the network then sets itself.
+    features of eq. (4), whose scale the network then sets itself. ``flow_weight`` adds
+    :func:`~concernet_ode.flow_alignment_loss` to it (not the paper's method; 0 in Table 1).
 
     Every random choice is seeded from ``seed``: the data (``seed``), the initial weights
     (``torch.manual_seed(seed)`` before each model, so all three dynamics models start from
@@ -213,7 +214,8 @@ def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConf
     torch.manual_seed(seed)
     H = InvariantNet(n, system.latent_dim, activation=act)
     fit_invariants(H, train, epochs=config.contrastive_epochs, batch_size=10,
-                   normalize=normalize, seed=seed, progress=config.progress)
+                   normalize=normalize, seed=seed, progress=config.progress,
+                   flow_weight=flow_weight)
     H.requires_grad_(False)
     start = _timed(seconds, "contrastive", start)
 
