@@ -15,6 +15,7 @@ import torch
 __all__ = [
     "call_field",
     "check_callable",
+    "check_state",
     "evaluate_invariants",
     "field_arity",
     "invariant_jacobian",
@@ -26,6 +27,17 @@ def check_callable(obj: object, name: str) -> None:
     if not callable(obj):
         msg = f"`{name}` must be callable, got an object of type {type(obj).__name__}"
         raise TypeError(msg)
+
+
+def check_state(x: object, name: str = "x") -> torch.Tensor:
+    """Raise unless ``x`` is a tensor with at least one (the state) dimension."""
+    if not isinstance(x, torch.Tensor):
+        msg = f"`{name}` must be a torch.Tensor, got {type(x).__name__}"
+        raise TypeError(msg)
+    if x.dim() == 0:
+        msg = f"`{name}` must have at least one dimension (the state), got a scalar"
+        raise ValueError(msg)
+    return x
 
 
 def field_arity(f: Callable) -> int:

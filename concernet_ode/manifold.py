@@ -20,6 +20,7 @@ from torchdiffeq import odeint
 from ._jacobian import (
     call_field,
     check_callable,
+    check_state,
     evaluate_invariants,
     field_arity,
     invariant_jacobian,
@@ -223,12 +224,7 @@ def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | fl
 
 def _check_projection_args(x: object, H: Callable, target: object, tol: object,
                            max_iter: object, on_failure: object):
-    if not isinstance(x, torch.Tensor):
-        msg = f"`x` must be a torch.Tensor, got {type(x).__name__}"
-        raise TypeError(msg)
-    if x.dim() == 0:
-        msg = "`x` must have at least one dimension (the state), got a scalar"
-        raise ValueError(msg)
+    check_state(x)
     check_callable(H, "H")
     _check_tol(tol)
     _check_positive_int(max_iter, "max_iter")

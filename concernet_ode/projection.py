@@ -20,7 +20,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._jacobian import call_field, check_callable, field_arity, invariant_jacobian
+from ._jacobian import (
+    call_field,
+    check_callable,
+    check_state,
+    field_arity,
+    invariant_jacobian,
+)
 
 __all__ = [
     "DissipativeVectorField",
@@ -124,12 +130,7 @@ class _GradientConstrainedField(nn.Module):
         return True  # a plain callable may close over trainable tensors: keep the graph
 
     def _jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(x, torch.Tensor):
-            msg = f"`x` must be a torch.Tensor, got {type(x).__name__}"
-            raise TypeError(msg)
-        if x.dim() == 0:
-            msg = "`x` must have at least one dimension (the state), got a scalar"
-            raise ValueError(msg)
+        check_state(x)
         # The graph through J is needed only if something upstream wants gradients from it:
         # x itself, or trainable parameters of H (e.g. not while H is frozen in fit_dynamics).
         keep = torch.is_grad_enabled() and (x.requires_grad or self._invariants_trainable())
