@@ -15,20 +15,10 @@ from torch import nn
 from torch.func import jvp
 from torchdiffeq import odeint
 
-from ._jacobian import check_callable, field_arity
+from ._jacobian import check_callable, check_state, field_arity
 from .data import TrajectoryData
 
 __all__ = ["LatentAdapter"]
-
-
-def _check_tensor(x: object, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        msg = f"`{name}` must be a torch.Tensor, got {type(x).__name__}"
-        raise TypeError(msg)
-    if x.dim() == 0:
-        msg = f"`{name}` must have at least one dimension (the state), got a scalar"
-        raise ValueError(msg)
-    return x
 
 
 class LatentAdapter(nn.Module):
@@ -63,7 +53,7 @@ class LatentAdapter(nn.Module):
         self.autoencoder = autoencoder
 
     def _check_input(self, x: object, name: str) -> torch.Tensor:
-        x = _check_tensor(x, name)
+        x = check_state(x, name)
         expected = getattr(self.autoencoder, "input_dim", None)
         if expected is not None and x.shape[-1] != expected:
             msg = f"`{name}` must have shape (..., {expected}), got {tuple(x.shape)}"
@@ -84,7 +74,7 @@ class LatentAdapter(nn.Module):
         Shapes:
             z: ``(..., k)``; returns ``(..., n)``.
         """
-        z = _check_tensor(z, "z")
+        z = check_state(z, "z")
         expected = getattr(self.autoencoder, "latent_dim", None)
         if expected is not None and z.shape[-1] != expected:
             msg = f"`z` must have shape (..., {expected}), got {tuple(z.shape)}"
@@ -115,7 +105,7 @@ class LatentAdapter(nn.Module):
             x, xdot: ``(..., n)``; z, zdot: ``(..., k)``.
         """
         x = self._check_input(x, "x")
-        xdot = _check_tensor(xdot, "xdot")
+        xdot = check_state(xdot, "xdot")
         if xdot.shape != x.shape:
             msg = (f"`xdot` must have the shape of `x`, {tuple(x.shape)}; "
                    f"got {tuple(xdot.shape)}")
