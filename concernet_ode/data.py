@@ -6,18 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import seed_generator
+
 __all__ = ["TrajectoryData"]
-
-
-def _generator(seed: int | torch.Generator, device: torch.device) -> torch.Generator:
-    if isinstance(seed, torch.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        msg = f"`seed` must be an int or a torch.Generator, got {type(seed).__name__}"
-        raise TypeError(msg)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
 
 
 @dataclass(frozen=True)
@@ -111,7 +102,7 @@ class TrajectoryData:
             msg = (f"`test_fraction` = {test_fraction} leaves an empty part for "
                    f"{self.n_traj} trajectories; expected a value giving 1..N-1 test ones")
             raise ValueError(msg)
-        gen = _generator(seed, torch.device("cpu"))
+        gen = seed_generator(seed)
         perm = torch.randperm(self.n_traj, generator=gen).to(self.x.device)
         return self[perm[n_test:]], self[perm[:n_test]]
 
@@ -126,7 +117,7 @@ class TrajectoryData:
             raise ValueError(msg)
         if std == 0:
             return self
-        gen = _generator(seed, torch.device("cpu"))
+        gen = seed_generator(seed)
         noise = torch.randn((2, *self.x.shape), generator=gen, dtype=self.x.dtype)
         noise = noise.to(self.x.device)
         return TrajectoryData(self.t, self.x + std * noise[0], self.dxdt + std * noise[1])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
+from ._checks import positive_int
 from ._jacobian import (
     call_field,
     check_callable,
@@ -54,12 +55,6 @@ class ProjectionInfo:
     times: torch.Tensor
     iterations: torch.Tensor
     residuals: torch.Tensor
-
-
-def _check_positive_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"`{name}` must be a positive int, got {value!r}"
-        raise ValueError(msg)
 
 
 def _check_tol(tol: object) -> None:
@@ -227,7 +222,7 @@ def _check_projection_args(x: object, H: Callable, target: object, tol: object,
     check_state(x)
     check_callable(H, "H")
     _check_tol(tol)
-    _check_positive_int(max_iter, "max_iter")
+    positive_int(max_iter, "max_iter")
     if on_failure not in _ON_FAILURE:
         msg = f"`on_failure` must be one of {_ON_FAILURE}, got {on_failure!r}"
         raise ValueError(msg)
@@ -297,7 +292,7 @@ def _check_odeint_args(func: Callable, x0: object, t: object, substeps: object,
         got = f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
         msg = f"`t` must be a 1-D tensor of output times, got {got}"
         raise ValueError(msg)
-    _check_positive_int(substeps, "substeps")
+    positive_int(substeps, "substeps")
     unknown = sorted(set(odeint_kwargs) - set(_ODEINT_KWARGS))
     if unknown:
         msg = (f"odeint_projected() got unexpected keyword argument(s) {unknown}; the solver "

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ._checks import positive_int
+
 __all__ = ["MLP", "Autoencoder", "InvariantNet"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -31,13 +33,6 @@ def _activation(activation: str | Callable[[], nn.Module]) -> Callable[[], nn.Mo
         return activation
     msg = f"`activation` must be a name or an nn.Module class, got {activation!r}"
     raise TypeError(msg)
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"`{name}` must be a positive int, got {value!r}"
-        raise ValueError(msg)
-    return value
 
 
 def _stack(sizes: Sequence[int], act: Callable[[], nn.Module]) -> nn.Sequential:
@@ -68,8 +63,8 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, *, hidden: int = 100, depth: int = 2,
                  activation: str | Callable[[], nn.Module] = "tanh") -> None:
         super().__init__()
-        sizes = [_positive_int(in_dim, "in_dim"), *[_positive_int(hidden, "hidden")]
-                 * _positive_int(depth, "depth"), _positive_int(out_dim, "out_dim")]
+        sizes = [positive_int(in_dim, "in_dim"), *[positive_int(hidden, "hidden")]
+                 * positive_int(depth, "depth"), positive_int(out_dim, "out_dim")]
         self.net = _stack(sizes, _activation(activation))
         self.in_dim, self.out_dim = in_dim, out_dim
 
@@ -110,9 +105,9 @@ class Autoencoder(nn.Module):
                  hidden: Sequence[int] = (32, 16),
                  activation: str | Callable[[], nn.Module] = "tanh") -> None:
         super().__init__()
-        sizes = [_positive_int(input_dim, "input_dim"),
-                 *(_positive_int(h, "hidden") for h in hidden),
-                 _positive_int(latent_dim, "latent_dim")]
+        sizes = [positive_int(input_dim, "input_dim"),
+                 *(positive_int(h, "hidden") for h in hidden),
+                 positive_int(latent_dim, "latent_dim")]
         act = _activation(activation)
         self.encoder = _stack(sizes, act)
         self.decoder = _stack(sizes[::-1], act)

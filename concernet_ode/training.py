@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._checks import positive_int
 from ._jacobian import call_field, check_callable, field_arity
 from .contrastive import (
     contrastive_invariant_loss,
@@ -28,13 +29,6 @@ from .projection import _GradientConstrainedField
 __all__ = ["fit_autoencoder", "fit_dynamics", "fit_invariants"]
 
 History = dict[str, list[float]]
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"`{name}` must be a positive int, got {value!r}"
-        raise ValueError(msg)
-    return value
 
 
 def _check_data(data: object, name: str = "data") -> TrajectoryData:
@@ -159,8 +153,8 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
             ``ranking_margin`` or ``flow_weight``.
     """
     data = _check_data(data)
-    epochs, lr = _positive_int(epochs, "epochs"), _check_lr(lr)
-    batch_size = _positive_int(batch_size, "batch_size")
+    epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
+    batch_size = positive_int(batch_size, "batch_size")
     if batch_size < 2 or data.n_traj < 2:
         msg = (f"`batch_size` and the number of trajectories must be at least 2 for a "
                f"contrastive loss, got batch_size = {batch_size}, {data.n_traj} trajectories")
@@ -232,8 +226,8 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
         msg = f"`model` must be an nn.Module with parameters to train, got {type(model).__name__}"
         raise TypeError(msg)
     data = _check_data(data)
-    epochs, lr = _positive_int(epochs, "epochs"), _check_lr(lr)
-    batch_size = _positive_int(batch_size, "batch_size")
+    epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
+    batch_size = positive_int(batch_size, "batch_size")
     x, dxdt = data.points()
     arity = field_arity(model)
     t0 = data.t[0]
@@ -268,8 +262,8 @@ def fit_autoencoder(autoencoder: nn.Module, data: TrajectoryData | torch.Tensor,
     else:
         msg = f"`data` must be a TrajectoryData or a tensor of states, got {type(data).__name__}"
         raise TypeError(msg)
-    epochs, lr = _positive_int(epochs, "epochs"), _check_lr(lr)
-    batch_size = _positive_int(batch_size, "batch_size")
+    epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
+    batch_size = positive_int(batch_size, "batch_size")
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         return (autoencoder(x[idx]) - x[idx]).pow(2).mean()

@@ -9,18 +9,10 @@ from typing import ClassVar
 import torch
 from torchdiffeq import odeint
 
+from .._checks import seed_generator
 from ..data import TrajectoryData
 
 __all__ = ["ConservativeSystem"]
-
-
-def _generator(seed: int | torch.Generator) -> torch.Generator:
-    if isinstance(seed, torch.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        msg = f"`seed` must be an int or a torch.Generator, got {type(seed).__name__}"
-        raise TypeError(msg)
-    return torch.Generator().manual_seed(seed)
 
 
 def _count(value: object, name: str, minimum: int = 1) -> int:
@@ -131,7 +123,7 @@ class ConservativeSystem(ABC):
             returns ``(n, state_dim)``.
         """
         n = _count(n, "n")
-        return self._sample(n, _generator(seed), bool(evaluation)).to(dtype)
+        return self._sample(n, seed_generator(seed), bool(evaluation)).to(dtype)
 
     def _check_x0(self, x0: object) -> torch.Tensor:
         x0 = _check_state(x0, self.state_dim, "x0")
@@ -180,7 +172,7 @@ class ConservativeSystem(ABC):
         if not (isinstance(t_end, (int, float)) and 0 < t_end < math.inf):
             msg = f"`t_end` must be a positive finite number, got {t_end!r}"
             raise ValueError(msg)
-        gen = _generator(seed)
+        gen = seed_generator(seed)
         x0 = self.sample_initial(n_traj, seed=gen, evaluation=evaluation)
         t = torch.linspace(0.0, float(t_end), n_times, dtype=torch.float64)
         x = self.solve(x0, t)
@@ -190,7 +182,7 @@ class ConservativeSystem(ABC):
     def train_data(self, seed: int | torch.Generator, *, dtype: torch.dtype = torch.float64,
                    ) -> tuple[TrajectoryData, TrajectoryData]:
         """The protocol's noisy training set, split by trajectory into ``(train, test)``."""
-        gen = _generator(seed)
+        gen = seed_generator(seed)
         data = self.trajectories(self.train_traj, t_end=self.train_t_end,
                                  n_times=self.train_n_times, noise=self.noise, seed=gen,
                                  dtype=dtype)
