@@ -124,17 +124,8 @@ def test_readout_errors(rng):
 # ---------------------------------------------------------------- estimate_num_invariants
 
 
-@pytest.fixture
-def one_thread():
-    """Small networks train fastest on one thread; several fight over a shared machine's cores."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("system", [SpringMass(), ChemicalKinetics()], ids=lambda s: s.name)
-def test_estimate_num_invariants_finds_one(system, one_thread):
+def test_estimate_num_invariants_finds_one(system):
     train, _ = system.train_data(0, dtype=torch.float32)
     result = estimate_num_invariants(train, progress=False)  # 150 epochs
     assert isinstance(result, InvariantCount)
@@ -143,7 +134,7 @@ def test_estimate_num_invariants_finds_one(system, one_thread):
     assert result.flow_fractions[0] < 0.01  # the counted feature is conserved
 
 
-def test_estimate_num_invariants_does_not_count_an_untrained_feature(one_thread):
+def test_estimate_num_invariants_does_not_count_an_untrained_feature():
     # One epoch leaves the network an arbitrary function: half its gradient lies along the
     # flow, so nothing is counted (the count is not just a cap at n - 1 = 1).
     train, _ = SpringMass().train_data(0, dtype=torch.float32)
@@ -169,7 +160,7 @@ def euler_rigid_body(n_traj: int, seed: int) -> TrajectoryData:
 
 
 @pytest.mark.slow
-def test_estimate_num_invariants_finds_two_for_a_rigid_body(one_thread):
+def test_estimate_num_invariants_finds_two_for_a_rigid_body():
     result = estimate_num_invariants(euler_rigid_body(40, 0), epochs=400, progress=False)
     assert result.count == 2
 

@@ -16,17 +16,6 @@ from concernet_ode.systems import DampedSpring
 
 from .conftest import RTOL
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These networks are tiny: on a busy machine, intra-op threads only wait for each other
-    # (a 10x slowdown was measured on 2 shared cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------
 # Random fields and Lyapunov-like functions
 

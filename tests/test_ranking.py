@@ -10,17 +10,6 @@ import torch
 from concernet_ode import InvariantNet, TrajectoryData, fit_invariants, ranking_loss
 from concernet_ode.systems import DampedSpring
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These networks are tiny: on a busy machine, intra-op threads only wait for each other
-    # (a 10x slowdown was measured on 2 shared cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------
 # The loss itself
 

@@ -18,15 +18,6 @@ from concernet_ode import (
 from concernet_ode.systems import SpringMass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks train fastest on one thread; several fight over a shared machine's cores."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def spring_data() -> TrajectoryData:
     return SpringMass().trajectories(8, t_end=3.0, n_times=10, noise=0.01, seed=0,
