@@ -26,6 +26,7 @@ from ._jacobian import (
     field_arity,
     invariant_jacobian,
 )
+from ._stepper import make_stepper
 
 __all__ = ["ConvergenceError", "ProjectionInfo", "odeint_projected", "project_to_level_set"]
 
@@ -72,60 +73,72 @@ def _tolerance(target: torch.Tensor, tol: float | None) -> torch.Tensor:
     return (eps ** 0.8 * target.detach().abs().clamp_min(1.0)).detach()
 
 
-def _gram_solver(jac: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Factor ``G = J J^T`` once and return ``r -> G^+ r``, batched (Hairer IV.4, eq. (4.5))."""
+def _newton_operator(jac: torch.Tensor) -> torch.Tensor:
+    """``P = J^T (J J^T)^+``, ``(..., n, m)``, so that a Newton correction is ``P r``.
+
+    ``J J^T`` is factored once per Jacobian (Hairer IV.4, eq. (4.5)): for ``m = 1`` a division,
+    otherwise Cholesky, with a pseudo-inverse (by ``eigh``) where ``J`` is rank-deficient
+    (dependent invariants, a critical point), so those directions are left alone.
+    """
     m = jac.shape[-2]
-    gram = jac @ jac.transpose(-1, -2)
+    jac_t = jac.transpose(-1, -2)
+    gram = jac @ jac_t
     if m == 1:  # no linear algebra needed: G is a scalar per sample
-        g = gram[..., 0]
+        g = gram[..., 0, 0]
         cutoff = torch.finfo(jac.dtype).eps * g.detach().amax().clamp_min(torch.finfo(g.dtype).tiny)
         ok = g > cutoff
         inv = torch.where(ok, 1.0 / torch.where(ok, g, torch.ones_like(g)), 0.0)
-        return lambda r: r * inv
+        return jac_t * inv[..., None, None]
     chol, info = torch.linalg.cholesky_ex(gram)
     if not bool((info != 0).any()):
-        return lambda r: torch.cholesky_solve(r.unsqueeze(-1), chol).squeeze(-1)
-    # Rank-revealing fallback (dependent invariants, a critical point): pseudo-inverse by eigh.
+        return torch.cholesky_solve(jac, chol).transpose(-1, -2)
     pinv = torch.linalg.pinv(gram, hermitian=True, rtol=m * torch.finfo(jac.dtype).eps)
-    return lambda r: (pinv @ r.unsqueeze(-1)).squeeze(-1)
+    return jac_t @ pinv
 
 
 def _newton(x: torch.Tensor, H: Callable, target: torch.Tensor, tol: torch.Tensor,
             max_iter: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simplified Newton iteration; returns (best x, iterations, residual, converged).
 
-    A sample's progress is measured by ``max_i |H_i - target_i| / tol_i`` (converged at <= 1);
-    the residual returned is the absolute ``max_i |H_i - target_i|`` of its best iterate.
+    A sample's progress is measured by ``max_i |H_i - target_i| / tol_i`` (converged at <= 1;
+    NaN never converges); the residual returned is the absolute ``max_i |H_i - target_i|`` of
+    its best iterate. The loop avoids per-sample masking while every sample is still moving
+    and improving (the usual case: one or two iterations), since its cost is mostly the
+    number of tensor operations, not their size.
     """
     keep = _needs_graph(x, H, target)
     h, jac = invariant_jacobian(H, x, create_graph=keep)
     resid = h - target
-    ratio = _error_ratio(resid, tol)
-    active = ~(ratio <= 1.0)  # NaN counts as not converged
+    ratio = (resid.detach().abs() / tol).amax(-1)
+    active = ~(ratio <= 1.0)
     iters = torch.zeros(x.shape[:-1], dtype=torch.int64, device=x.device)
-    if not bool(active.any()):
+    n_active = int(active.sum())
+    if n_active == 0:
         return x, iters, resid.detach().abs().amax(-1), ~active
-    best_x, best_ratio, best_err = x, ratio, resid.detach().abs().amax(-1)
-    solve = _gram_solver(jac)
-    jac_t = jac.transpose(-1, -2)
+    best_x, best_ratio, best_resid = x, ratio, resid
+    op = _newton_operator(jac)
     for _ in range(max_iter):
-        step = (jac_t @ solve(resid).unsqueeze(-1)).squeeze(-1)
-        x = torch.where(active.unsqueeze(-1), x - step, x)
-        iters = iters + active.to(iters.dtype)
+        step = (op @ resid.unsqueeze(-1)).squeeze(-1)
+        x = x - step if n_active == active.numel() else torch.where(active[..., None], x - step, x)
+        iters = iters + active
         resid = evaluate_invariants(H, x) - target
-        prev, ratio = ratio, _error_ratio(resid, tol)
+        prev, ratio = ratio, (resid.detach().abs() / tol).amax(-1)
         better = ratio < best_ratio
-        best_x = torch.where(better.unsqueeze(-1), x, best_x)
-        best_ratio = torch.where(better, ratio, best_ratio)
-        best_err = torch.where(better, resid.detach().abs().amax(-1), best_err)
+        if bool(better.all()):
+            best_x, best_ratio, best_resid = x, ratio, resid
+        else:
+            best_x = torch.where(better[..., None], x, best_x)
+            best_ratio = torch.where(better, ratio, best_ratio)
+            best_resid = torch.where(better[..., None], resid, best_resid)
         active = ~(ratio <= 1.0)
-        if not bool(active.any()):
+        n_active = int(active.sum())
+        if n_active == 0:
             break
-        if bool((ratio[active] > _SLOW * prev[active]).any()):
+        if bool((active & (ratio > _SLOW * prev)).any()):
             # Far from the level set J(x0) is a poor model: refresh it (full Newton step).
             _, jac = invariant_jacobian(H, x, create_graph=keep)
-            solve, jac_t = _gram_solver(jac), jac.transpose(-1, -2)
-    return best_x, iters, best_err, best_ratio <= 1.0
+            op = _newton_operator(jac)
+    return best_x, iters, best_resid.detach().abs().amax(-1), best_ratio <= 1.0
 
 
 def _needs_graph(x: torch.Tensor, H: Callable, target: torch.Tensor) -> bool:
@@ -137,12 +150,6 @@ def _needs_graph(x: torch.Tensor, H: Callable, target: torch.Tensor) -> bool:
     if isinstance(H, torch.nn.Module):
         return any(p.requires_grad for p in H.parameters())
     return True  # a plain function may close over trainable tensors
-
-
-def _error_ratio(resid: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
-    """``max_i |resid_i| / tol_i`` per sample, ``inf`` where anything is not finite."""
-    ratio = (resid.detach().abs() / tol).amax(-1)
-    return torch.where(torch.isfinite(ratio), ratio, torch.inf)
 
 
 def _prepare_target(x: torch.Tensor, H: Callable, target: object) -> torch.Tensor:
@@ -356,14 +363,20 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
     odeint_kwargs.setdefault("method", "dopri5")
     field = _SteppedField(func, odeint_kwargs["method"] in _ADAPTIVE)
     times = _piece_times(t.to(x0.dtype) if not t.is_floating_point() else t, substeps)
+    stepper = make_stepper(field, x0, times, {**odeint_kwargs, "options": user_options})
     states, log = [x0], []
     x = x0
     for k in range(times.shape[0] - 1):
-        options = dict(user_options)
-        if field.last_step is not None:
-            options["first_step"] = field.last_step
-        x = odeint(field, x, times[k:k + 2], options=options, **odeint_kwargs)[-1]
+        if stepper is not None:
+            x = stepper.advance(k + 1)
+        else:
+            options = dict(user_options)
+            if field.last_step is not None:
+                options["first_step"] = field.last_step
+            x = odeint(field, x, times[k:k + 2], options=options, **odeint_kwargs)[-1]
         x, iters, err, ok = _newton(x, H, tgt, tol_t, max_iter)
+        if stepper is not None:
+            stepper.restart_from(k + 1, x)
         _report_failure(err, ok, iters, tol_t, "raise")
         log.append((iters, err))
         if (k + 1) % substeps == 0:

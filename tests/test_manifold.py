@@ -175,6 +175,51 @@ def test_adaptive_solver_and_field_of_x_only():
     assert max_drift(circle, xs, x0) <= DRIFT_TOL[torch.float64]
 
 
+def test_adaptive_stepper_matches_one_odeint_call_per_interval(monkeypatch):
+    # The persistent adaptive solver and the public-API fallback (one odeint call per
+    # interval) integrate the same projected map; they differ only in step-size history.
+    system = Kepler()
+    x0 = kepler_states(8)
+    t = torch.linspace(0, 2, 41, dtype=torch.float64)
+    kwargs = {"rtol": 1e-10, "atol": 1e-12}
+    fast = odeint_projected(system.vector_field, x0, t, system.invariants, **kwargs)
+    monkeypatch.setattr("concernet_ode.manifold.make_stepper", lambda *a: None)
+    slow = odeint_projected(system.vector_field, x0, t, system.invariants, **kwargs)
+    assert torch.allclose(fast, slow, rtol=0, atol=1e-7)
+    assert max_drift(system.invariants, fast, x0) <= DRIFT_TOL[torch.float64]
+
+
+def test_adaptive_stepper_decreasing_times():
+    system = SpringMass()
+    x0 = torch.tensor([[0.6, -0.3], [0.1, 0.9]], dtype=torch.float64)
+    t = torch.linspace(3, 0, 31, dtype=torch.float64)
+    xs = odeint_projected(system.vector_field, x0, t, system.invariants, rtol=1e-9, atol=1e-11)
+    plain = odeint(system.vector_field, x0, t, rtol=1e-9, atol=1e-11)
+    assert torch.allclose(xs, plain, atol=1e-7)
+    assert max_drift(system.invariants, xs, x0) <= DRIFT_TOL[torch.float64]
+
+
+def test_adaptive_stepper_gradients_match_finite_differences():
+    system = SpringMass()
+    t = torch.linspace(0, 1, 4, dtype=torch.float64)
+    x0 = torch.tensor([[0.7, 0.2]], dtype=torch.float64, requires_grad=True)
+
+    def run(x):
+        return odeint_projected(system.vector_field, x, t, system.invariants, target=0.5,
+                                rtol=1e-10, atol=1e-12)
+
+    assert torch.autograd.gradcheck(run, (x0,), eps=1e-6, atol=1e-5)
+
+
+def test_adaptive_stepper_step_limit_is_reported():
+    system = SpringMass()
+    x0 = torch.tensor([0.7, 0.2], dtype=torch.float64)
+    t = torch.linspace(0, 5, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"more than 3 solver steps between output times"):
+        odeint_projected(system.vector_field, x0, t, system.invariants, rtol=1e-12, atol=1e-14,
+                         options={"max_num_steps": 3})
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

@@ -1,0 +1,101 @@
+"""Step a torchdiffeq adaptive Runge-Kutta solver to given times, with a replaceable state.
+
+``torchdiffeq.odeint`` integrates through all output times in one call and offers no way to
+change the state between steps (its callbacks see the state but cannot replace it). A
+projection method needs exactly that: after every output time, put the projected state back
+into the solver and go on. Restarting ``odeint`` on every interval does it with public API
+but pays, per interval, the input checks, the solver set-up and a fresh step-size start.
+
+:class:`RKStepper` instead drives one solver object of torchdiffeq's adaptive Runge-Kutta
+family (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun) step by step: steps are shortened so
+that one ends on every output time, and :meth:`RKStepper.restart_from` swaps in the projected
+state (and re-evaluates the field there, so the first-same-as-last stage stays exact). It uses
+torchdiffeq's private solver classes; :func:`make_stepper` returns ``None`` where they are
+unavailable or the method is not an adaptive Runge-Kutta one, and the caller then falls back
+to one ``odeint`` call per interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+try:  # private API of torchdiffeq (stable across 0.2.x); absent -> the caller falls back
+    from torchdiffeq._impl.misc import _check_inputs
+    from torchdiffeq._impl.odeint import SOLVERS
+    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+except ImportError:  # pragma: no cover - depends on the installed torchdiffeq
+    SOLVERS = None
+
+__all__ = ["RKStepper", "make_stepper"]
+
+
+class RKStepper:
+    """One torchdiffeq adaptive RK solver, advanced to each output time in turn.
+
+    Args:
+        func: the vector field ``func(t, x)``.
+        x0: the initial state.
+        t: the output times (increasing or decreasing).
+        rtol, atol, method, options: as for ``torchdiffeq.odeint``.
+    """
+
+    def __init__(self, func: Callable, x0: torch.Tensor, t: torch.Tensor, *, rtol: float,
+                 atol: float, method: str, options: dict) -> None:
+        _, func, y0, t, rtol, atol, method, options, _, _ = _check_inputs(
+            func, x0, t, rtol, atol, method, options, None, SOLVERS)
+        self.func = func  # wrapped by torchdiffeq: time reversal, callbacks
+        self.solver = SOLVERS[method](func=func, y0=y0, rtol=rtol, atol=atol, **options)
+        # increasing (negated by torchdiffeq for a decreasing grid), in the solver's time dtype
+        self.times = t.to(self.solver.dtype)
+        self.solver._before_integrate(self.times)
+        # Steps end on output times, so the dense-output polynomial is never evaluated:
+        # skip fitting it after every step.
+        self.solver._interp_fit = _no_interpolant
+
+    def advance(self, k: int) -> torch.Tensor:
+        """Integrate to output time ``k`` (steps shortened to end on it); return the state."""
+        solver, target = self.solver, self.times[k]
+        # Closer than this counts as arrived: t0 + (target - t0) may round a few ulps short.
+        slack = 8 * torch.finfo(target.dtype).eps * target.abs().clamp_min(1.0)
+        n_steps = 0
+        while target - solver.rk_state.t1 > slack:
+            if n_steps >= solver.max_num_steps:
+                msg = (f"odeint_projected: more than {int(solver.max_num_steps)} solver steps "
+                       f"between output times (at t = {float(solver.rk_state.t1):.6g}); raise "
+                       "options={'max_num_steps': ...} or loosen rtol/atol")
+                raise RuntimeError(msg)
+            state = solver.rk_state
+            gap = target - state.t1
+            if state.dt > gap:
+                state = state._replace(dt=gap)
+            solver.rk_state = solver._adaptive_step(state)
+            n_steps += 1
+        return solver.rk_state.y1
+
+    def restart_from(self, k: int, x: torch.Tensor) -> None:
+        """Continue from state ``x`` at output time ``k`` (after :meth:`advance` to it)."""
+        t = self.times[k]
+        state = self.solver.rk_state
+        self.solver.rk_state = state._replace(y1=x, f1=self.func(t, x), t1=t)
+
+
+def _no_interpolant(*_: object) -> None:
+    return None
+
+
+def make_stepper(func: Callable, x0: torch.Tensor, t: torch.Tensor,
+                 odeint_kwargs: dict) -> RKStepper | None:
+    """An :class:`RKStepper` for an adaptive Runge-Kutta method, else ``None``."""
+    if SOLVERS is None or t.numel() < 2:
+        return None
+    method = odeint_kwargs.get("method", "dopri5")
+    solver_cls = SOLVERS.get(method)
+    if solver_cls is None or not issubclass(solver_cls, RKAdaptiveStepsizeODESolver):
+        return None
+    options = dict(odeint_kwargs.get("options") or {})
+    if options.get("step_t") is not None or options.get("jump_t") is not None:
+        return None  # the solver's own grid handling; keep torchdiffeq's odeint in charge
+    return RKStepper(func, x0, t, rtol=odeint_kwargs.get("rtol", 1e-7),
+                     atol=odeint_kwargs.get("atol", 1e-9), method=method, options=options)
