@@ -10,7 +10,7 @@ from .manifold import ConvergenceError, odeint_projected, project_to_level_set
 from .metrics import conservation_violation, invariant_fidelity, trajectory_mse
 from .models import MLP, Autoencoder, InvariantNet
 from .projection import DissipativeVectorField, ProjectedVectorField
-from .training import fit_autoencoder, fit_dynamics, fit_invariants
+from .training import cosine_schedule, fit_autoencoder, fit_dynamics, fit_invariants
 
 __all__ = [
     "MLP",
@@ -23,6 +23,7 @@ __all__ = [
     "TrajectoryData",
     "conservation_violation",
     "contrastive_invariant_loss",
+    "cosine_schedule",
     "fit_autoencoder",
     "fit_dynamics",
     "fit_invariants",

@@ -94,7 +94,7 @@ def projector(H: Callable | None, x: torch.Tensor) -> torch.Tensor:
 def fit_stacked_dynamics(model: StackedMLP, projections: Sequence[Callable | None],
                          data: TrajectoryData, *, epochs: int, batch_size: int = 100,
                          lr: float = 1e-3, seed: int = 0, progress: bool = False,
-                         lr_factor: Callable[[int], float] | None = None) -> list[float]:
+                         lr_schedule: Callable[[int], float] | None = None) -> list[float]:
     """Train all members of ``model`` on the derivatives in ``data``, as ``fit_dynamics``.
 
     Member ``k`` minimises the mean squared error of ``P_k(x) f_k(x)`` against ``dxdt``, with
@@ -103,8 +103,7 @@ def fit_stacked_dynamics(model: StackedMLP, projections: Sequence[Callable | Non
     ``torch.Generator`` seeded with ``seed``, one permutation per epoch).
 
     Args:
-        lr_factor: optional ``epoch -> factor`` multiplying ``lr`` (a schedule); ``None``
-            keeps ``lr`` constant, as ``fit_dynamics``.
+        lr_schedule: optional ``epoch -> factor`` multiplying ``lr``, as in ``fit_dynamics``.
 
     Returns:
         The per-epoch mean loss summed over members.
@@ -113,7 +112,7 @@ def fit_stacked_dynamics(model: StackedMLP, projections: Sequence[Callable | Non
     proj = torch.stack([projector(H, x) for H in projections])  # (K, P, n, n)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    sched = None if lr_factor is None else torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = None if lr_schedule is None else torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule)
     history = []
     bar = tqdm(range(epochs), desc="dynamics", disable=not progress, leave=False)
     k = len(projections)

@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="run the seeds of a task in this many processes (default 1)")
     rep.add_argument("--quick", action="store_true",
                      help="a smoke run with a few epochs (the numbers mean nothing)")
+    rep.add_argument("--constant-lr", action="store_true",
+                     help="train at a constant Adam step, exactly the paper's protocol "
+                          "(default: the step anneals to 0 along a cosine)")
     return parser
 
 
@@ -86,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The models are small: one thread per process is fastest on a shared machine and makes
     # the numbers independent of --jobs (same summation order in every process).
     torch.set_num_threads(1)
-    config = RunConfig.quick(progress) if args.quick else RunConfig(progress=progress)
+    anneal = not args.constant_lr
+    config = (RunConfig.quick(progress, anneal) if args.quick
+              else RunConfig(progress=progress, anneal=anneal))
     try:
         names = available_tasks() if args.task == "all" else [get_task(args.task).name]
     except ValueError as err:

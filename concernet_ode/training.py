@@ -7,6 +7,7 @@ history of per-epoch mean losses. Model initialisation is the caller's (seed it 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from .contrastive import (
 from .data import TrajectoryData
 from .projection import _GradientConstrainedField
 
-__all__ = ["fit_autoencoder", "fit_dynamics", "fit_invariants"]
+__all__ = ["cosine_schedule", "fit_autoencoder", "fit_dynamics", "fit_invariants"]
 
 History = dict[str, list[float]]
 
@@ -57,12 +58,14 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Te
 def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
          batch_loss: Callable[[torch.Tensor], torch.Tensor], *, epochs: int, lr: float,
          seed: int, progress: bool, desc: str,
-         val_loss: Callable[[], float] | None = None) -> History:
+         val_loss: Callable[[], float] | None = None,
+         lr_schedule: Callable[[int], float] | None = None) -> History:
     params = [p for p in params if p.requires_grad]
     if not params:
         msg = "the model has no trainable parameters (all have requires_grad=False)"
         raise ValueError(msg)
     opt = torch.optim.Adam(params, lr=lr)
+    sched = None if lr_schedule is None else torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule)
     gen = torch.Generator().manual_seed(seed)
     history: History = {"loss": []}
     if val_loss is not None:
@@ -78,6 +81,8 @@ def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         history["loss"].append(total / count)
+        if sched is not None:
+            sched.step()
         postfix = {"loss": f"{history['loss'][-1]:.4g}"}
         if val_loss is not None:
             history["val_loss"].append(val_loss())
@@ -105,6 +110,24 @@ def _invariant_loss(model: nn.Module, normalize: bool, ranking_weight: float,
     return loss
 
 
+def _check_schedule(lr_schedule: object) -> Callable[[int], float] | None:
+    if lr_schedule is not None and not callable(lr_schedule):
+        msg = ("`lr_schedule` must be None or a callable epoch -> factor of `lr` (as for "
+               f"torch.optim.lr_scheduler.LambdaLR), got {type(lr_schedule).__name__}")
+        raise TypeError(msg)
+    return lr_schedule
+
+
+def cosine_schedule(epochs: int) -> Callable[[int], float]:
+    """``epoch -> factor`` falling from 1 to 0 along half a cosine over ``epochs`` epochs.
+
+    For the ``lr_schedule`` argument of the trainers: Adam at a constant step keeps jittering
+    around the minimum of a noisy loss; annealing the step removes most of that jitter.
+    """
+    epochs = positive_int(epochs, "epochs")
+    return lambda epoch: 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+
 def _check_weight(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
             0 <= value < float("inf")):
@@ -117,7 +140,8 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
                    batch_size: int = 10, lr: float = 1e-3, normalize: bool = True,
                    seed: int = 0, progress: bool = True,
                    val_data: TrajectoryData | None = None, ranking_weight: float = 0.0,
-                   ranking_margin: float = 0.0, flow_weight: float = 0.0) -> History:
+                   ranking_margin: float = 0.0, flow_weight: float = 0.0,
+                   lr_schedule: Callable[[int], float] | None = None) -> History:
     """Train ``model`` to output invariants of the trajectories in ``data`` (eqs. (4), (8)).
 
     Each step takes ``batch_size`` whole trajectories and minimises
@@ -143,12 +167,15 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
         flow_weight: weight of :func:`~concernet_ode.flow_alignment_loss`, which also asks
             ``grad H`` to be orthogonal to the observed ``dxdt`` (an extension of the paper's
             method that uses the derivative data; 0, the default, leaves it out).
+        lr_schedule: ``epoch -> factor`` of ``lr`` (``torch.optim.lr_scheduler.LambdaLR``),
+            e.g. :func:`cosine_schedule`; ``None`` (the default, the paper's) keeps it constant.
 
     Returns:
         ``{"loss": [...], "val_loss": [...]}``: per-epoch mean losses.
 
     Raises:
-        TypeError: ``data`` or ``val_data`` is not a ``TrajectoryData``.
+        TypeError: ``data`` or ``val_data`` is not a ``TrajectoryData``; ``lr_schedule`` not
+            callable.
         ValueError: bad ``epochs``, ``batch_size``, ``lr``, ``ranking_weight``,
             ``ranking_margin`` or ``flow_weight``.
     """
@@ -177,7 +204,8 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
                 return float(loss(val_data.x, val_data.dxdt))
 
     return _run(model.parameters(), data.n_traj, batch_size, batch_loss, epochs=epochs, lr=lr,
-                seed=seed, progress=progress, desc="invariants", val_loss=val_loss)
+                seed=seed, progress=progress, desc="invariants", val_loss=val_loss,
+                lr_schedule=_check_schedule(lr_schedule))
 
 
 @contextmanager
@@ -198,7 +226,8 @@ def _frozen(module: object, freeze: bool) -> Iterator[None]:
 
 def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
                  batch_size: int = 100, lr: float = 1e-3, seed: int = 0,
-                 progress: bool = True, train_invariants: bool = False) -> History:
+                 progress: bool = True, train_invariants: bool = False,
+                 lr_schedule: Callable[[int], float] | None = None) -> History:
     """Fit a vector field to the derivatives in ``data`` by mean squared error over points.
 
     Args:
@@ -213,12 +242,14 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
         train_invariants: for a ``ProjectedVectorField`` (or ``DissipativeVectorField``), also
             train its invariant (or ``V``) network;
             by default it stays frozen (the ConCerNet recipe: learn ``H`` first, then ``f``).
+        lr_schedule: ``epoch -> factor`` of ``lr``, as in :func:`fit_invariants`.
 
     Returns:
         ``{"loss": [...]}``: per-epoch mean squared errors.
 
     Raises:
-        TypeError: ``model`` is not a callable ``nn.Module``, ``data`` not a ``TrajectoryData``.
+        TypeError: ``model`` is not a callable ``nn.Module``, ``data`` not a ``TrajectoryData``,
+            ``lr_schedule`` not callable.
         ValueError: bad ``epochs``, ``batch_size`` or ``lr``.
     """
     check_callable(model, "model")
@@ -239,18 +270,20 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
     freeze = isinstance(model, _GradientConstrainedField) and not train_invariants
     with _frozen(model.invariants if freeze else None, freeze):
         return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
-                    lr=lr, seed=seed, progress=progress, desc="dynamics")
+                    lr=lr, seed=seed, progress=progress, desc="dynamics",
+                    lr_schedule=_check_schedule(lr_schedule))
 
 
 def fit_autoencoder(autoencoder: nn.Module, data: TrajectoryData | torch.Tensor, *,
                     epochs: int = 1000, batch_size: int = 100, lr: float = 1e-3,
-                    seed: int = 0, progress: bool = True) -> History:
+                    seed: int = 0, progress: bool = True,
+                    lr_schedule: Callable[[int], float] | None = None) -> History:
     """Train an autoencoder on states by mean squared reconstruction error.
 
     Args:
         autoencoder: an ``Autoencoder`` (anything whose ``forward`` reconstructs its input).
         data: trajectories (their states are used) or a tensor of states ``(..., n)``.
-        epochs, batch_size, lr, seed, progress: as in :func:`fit_dynamics`.
+        epochs, batch_size, lr, seed, progress, lr_schedule: as in :func:`fit_dynamics`.
 
     Returns:
         ``{"loss": [...]}``: per-epoch mean squared reconstruction errors.
@@ -269,4 +302,5 @@ def fit_autoencoder(autoencoder: nn.Module, data: TrajectoryData | torch.Tensor,
         return (autoencoder(x[idx]) - x[idx]).pow(2).mean()
 
     return _run(autoencoder.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
-                lr=lr, seed=seed, progress=progress, desc="autoencoder")
+                lr=lr, seed=seed, progress=progress, desc="autoencoder",
+                lr_schedule=_check_schedule(lr_schedule))

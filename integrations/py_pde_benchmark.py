@@ -117,9 +117,10 @@ def _fit_latent(heat: HeatEquation1D, train, seed: int, config: RunConfig,
     torch.manual_seed(seed)
     autoencoder = Autoencoder(heat.state_dim, heat.autoencoder_latent_dim,
                               hidden=heat.autoencoder_hidden)
-    fit_autoencoder(autoencoder, train, epochs=_scaled(AUTOENCODER_EPOCHS, config),
-                    batch_size=AUTOENCODER_BATCH, lr=AUTOENCODER_LR, seed=seed,
-                    progress=config.progress)
+    ae_epochs = _scaled(AUTOENCODER_EPOCHS, config)
+    fit_autoencoder(autoencoder, train, epochs=ae_epochs, batch_size=AUTOENCODER_BATCH,
+                    lr=AUTOENCODER_LR, seed=seed, progress=config.progress,
+                    lr_schedule=config.schedule(ae_epochs))
     autoencoder.requires_grad_(False)
     adapter = LatentAdapter(autoencoder)
     latent = adapter.to_latent(train)
@@ -127,7 +128,8 @@ def _fit_latent(heat: HeatEquation1D, train, seed: int, config: RunConfig,
     torch.manual_seed(seed)
     H = InvariantNet(heat.autoencoder_latent_dim, 1)
     fit_invariants(H, latent, epochs=config.contrastive_epochs, batch_size=10, normalize=True,
-                   seed=seed, progress=config.progress)
+                   seed=seed, progress=config.progress,
+                   lr_schedule=config.schedule(config.contrastive_epochs))
     H.requires_grad_(False)
     clock.lap("contrastive")
     return adapter, H, latent
@@ -145,13 +147,15 @@ def _fit_models(heat: HeatEquation1D, train, latent, H: InvariantNet, seed: int,
         members.append(MLP(k, k))
     stacked = StackedMLP(members)
     fit_stacked_dynamics(stacked, [None, H], latent, epochs=epochs, batch_size=100, lr=1e-3,
-                         seed=seed, progress=config.progress)
+                         seed=seed, progress=config.progress,
+                         lr_schedule=config.schedule(epochs))
     stacked.write_back()
     clock.lap("dynamics")
     torch.manual_seed(seed)
     oracle = MLP(heat.state_dim, heat.state_dim)
     fit_dynamics(ProjectedVectorField(oracle, heat.invariants), train, epochs=epochs,
-                 batch_size=100, lr=1e-3, seed=seed, progress=config.progress)
+                 batch_size=100, lr=1e-3, seed=seed, progress=config.progress,
+                 lr_schedule=config.schedule(epochs))
     clock.lap("oracle")
     return stacked, oracle
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
-from concernet_ode import MLP, ProjectedVectorField, fit_dynamics
+from concernet_ode import MLP, ProjectedVectorField, cosine_schedule, fit_dynamics
 from concernet_ode._stacked import StackedField, StackedMLP, fit_stacked_dynamics, projector
 from concernet_ode.benchmark import Task, get_task, register_task
 from concernet_ode.metrics import Evaluation, evaluate
@@ -19,8 +19,10 @@ def _invariant(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).sum(-1, keepdim=True) + x[..., :1]
 
 
-def test_stacked_training_equals_fit_dynamics():
+@pytest.mark.parametrize("anneal", [False, True])
+def test_stacked_training_equals_fit_dynamics(anneal):
     """Stacking members changes nothing: each follows fit_dynamics's updates alone."""
+    schedule = cosine_schedule(3) if anneal else None
     spring = SpringMass()
     data = spring.trajectories(6, t_end=1.0, n_times=20, noise=0.01, seed=0,
                                dtype=torch.float32)
@@ -29,11 +31,14 @@ def test_stacked_training_equals_fit_dynamics():
         torch.manual_seed(0)
         mlps.append(MLP(2, 2))
     stacked = StackedMLP(copy.deepcopy(mlps))
-    fit_stacked_dynamics(stacked, [None, _invariant], data, epochs=3, batch_size=16, seed=5)
+    fit_stacked_dynamics(stacked, [None, _invariant], data, epochs=3, batch_size=16, seed=5,
+                         lr_schedule=schedule)
     trained = stacked.write_back()
-    fit_dynamics(mlps[0], data, epochs=3, batch_size=16, seed=5, progress=False)
+    fit_dynamics(mlps[0], data, epochs=3, batch_size=16, seed=5, progress=False,
+                 lr_schedule=schedule)
     projected = ProjectedVectorField(mlps[1], _invariant)
-    fit_dynamics(projected, data, epochs=3, batch_size=16, seed=5, progress=False)
+    fit_dynamics(projected, data, epochs=3, batch_size=16, seed=5, progress=False,
+                 lr_schedule=schedule)
     for ours, ref in zip(trained, mlps, strict=True):
         for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
             assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)

@@ -25,6 +25,7 @@ def test_quick_reproduce_writes_schema(tmp_path, capsys):
         assert all(v >= 0 for v in entry["mse"] + entry["violation"])
     assert len(doc["invariant_r2"]) == 1 and doc["invariant_r2"][0] <= 1
     assert doc["wall_seconds"] > 0 and "torch" in doc["versions"]
+    assert doc["config"]["anneal"] is True  # the default: cosine-annealed Adam steps
     # the oracle projects onto the true invariant: conserved to solver accuracy
     assert doc["methods"]["oracle"]["violation"][0] < 1e-6
     assert (tmp_path / "spring.png").stat().st_size > 0
@@ -48,4 +49,11 @@ def test_get_task_error():
 def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "concernet_ode.cli", "reproduce", "--help"],
                          capture_output=True, text=True, timeout=60, check=True)
-    assert "--quick" in out.stdout and "--seeds" in out.stdout
+    assert "--quick" in out.stdout and "--seeds" in out.stdout and "--constant-lr" in out.stdout
+
+
+def test_constant_lr_is_recorded(tmp_path):
+    assert main(["reproduce", "--task", "spring", "--seeds", "0", "--out", str(tmp_path),
+                 "--quick", "--no-progress", "--constant-lr"]) == 0
+    doc = json.loads((tmp_path / "spring.json").read_text())
+    assert doc["config"]["anneal"] is False

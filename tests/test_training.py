@@ -184,3 +184,45 @@ def test_spring_protocol_reaches_the_fidelity_target():
     with torch.no_grad():
         r2 = invariant_fidelity(net(x), system.invariants(x))
     assert float(r2) >= 0.996
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+
+
+def test_cosine_schedule_falls_from_one_to_zero():
+    from concernet_ode import cosine_schedule
+
+    factor = cosine_schedule(10)
+    values = [factor(e) for e in range(12)]
+    assert values[0] == 1.0 and abs(values[5] - 0.5) < 1e-12 and values[10] == 0.0
+    assert values[11] == 0.0  # stays at 0 past the end
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    with pytest.raises(ValueError, match="`epochs` must be a positive int, got 0"):
+        cosine_schedule(0)
+
+
+def test_lr_schedule_reaches_the_optimiser(spring_data):
+    # A schedule that is 0 from the second epoch on freezes the parameters after one epoch.
+    torch.manual_seed(0)
+    f = MLP(2, 2, hidden=8)
+    fit_dynamics(f, spring_data, epochs=1, batch_size=10, lr=1e-2, progress=False)
+    after_one = _params(f)
+    torch.manual_seed(0)
+    g = MLP(2, 2, hidden=8)
+    fit_dynamics(g, spring_data, epochs=4, batch_size=10, lr=1e-2, progress=False,
+                 lr_schedule=lambda epoch: 1.0 if epoch == 0 else 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(after_one, _params(g), strict=True))
+
+
+@pytest.mark.parametrize("fit", ["invariants", "dynamics", "autoencoder"])
+def test_lr_schedule_must_be_callable(spring_data, fit):
+    match = r"`lr_schedule` must be None or a callable epoch -> factor.*got float"
+    with pytest.raises(TypeError, match=match):
+        if fit == "invariants":
+            fit_invariants(InvariantNet(2, 1), spring_data, epochs=1, lr_schedule=0.5,
+                           progress=False)
+        elif fit == "dynamics":
+            fit_dynamics(MLP(2, 2), spring_data, epochs=1, lr_schedule=0.5, progress=False)
+        else:
+            fit_autoencoder(Autoencoder(2, 1, hidden=(4,)), spring_data, epochs=1,
+                            lr_schedule=0.5, progress=False)
