@@ -83,14 +83,29 @@ def _ref(ref: dict, method: str, metric: str) -> str:
     return f"{value:.3g}"
 
 
+def _training_note(anneal: dict[str, bool]) -> str:
+    """Say how the Adam step was scheduled in each task's run (see ``RunConfig.anneal``)."""
+    annealed = sorted(name for name, on in anneal.items() if on)
+    constant = sorted(name for name, on in anneal.items() if not on)
+    cosine = ("Adam at 1e-3 annealed to 0 along a cosine over each stage's epochs (the "
+              "default, our one change to the paper's recipe, for every model alike)")
+    paper = "Adam at a constant 1e-3, the paper's protocol (`--constant-lr`)"
+    if not constant:
+        return f"Training: {cosine}."
+    if not annealed:
+        return f"Training: {paper}."
+    return f"Training: {cosine} for {', '.join(annealed)}; {paper} for {', '.join(constant)}."
+
+
 def write_table(out: Path, tasks: list[Task]) -> Path:
     """Write ``out/table1.md`` from every ``out/<task>.json`` of the given tasks."""
-    rows, timing, fidelity, notes = [], [], [], []
+    rows, timing, fidelity, notes, anneal = [], [], [], [], {}
     for task in tasks:
         path = out / f"{task.name}.json"
         if not path.exists():
             continue
         doc = json.loads(path.read_text())
+        anneal[task.name] = doc.get("config", {}).get("anneal", False)
         if getattr(task, "notes", ""):  # a task's own caveats (e.g. heat's metric)
             notes += [task.notes, ""]
         for name in METHODS:
@@ -128,6 +143,8 @@ def write_table(out: Path, tasks: list[Task]) -> Path:
         "after every output step; `oracle` the same MLP behind the projection onto the true "
         "invariants, trained the same way (a reference, not a method: it needs the answer). "
         "All start from the same weights and see the same batches.",
+        "",
+        _training_note(anneal),
         "",
         *notes,
         "Invariant fidelity, R² of an affine readout of each true invariant from the learned "

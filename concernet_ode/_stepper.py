@@ -95,7 +95,9 @@ def make_stepper(func: Callable, x0: torch.Tensor, t: torch.Tensor,
     if solver_cls is None or not issubclass(solver_cls, RKAdaptiveStepsizeODESolver):
         return None
     options = dict(odeint_kwargs.get("options") or {})
-    if options.get("step_t") is not None or options.get("jump_t") is not None:
-        return None  # the solver's own grid handling; keep torchdiffeq's odeint in charge
+    if any(options.get(key) is not None for key in ("step_t", "jump_t", "min_step")):
+        # The solver's own grid handling, or a minimum step that could carry a shortened
+        # step past an output time: keep torchdiffeq's odeint in charge.
+        return None
     return RKStepper(func, x0, t, rtol=odeint_kwargs.get("rtol", 1e-7),
                      atol=odeint_kwargs.get("atol", 1e-9), method=method, options=options)

@@ -292,9 +292,10 @@ register_task(_conservative_task(
     _ref(0.0054, 0.0187, 0.0046, 0.0027), 102.0,
     # Concentrations of 0.1-140 give raw features of that scale, so the similarities of
     # eq. (4) are sharp from the start and each trajectory collapses to one value (R^2
-    # 0.999997 against A + C on seed 0); standardised features of unit variance leave the
-    # kernel soft (R^2 0.97) and the learned level sets tilted by ~0.1 rad where the
-    # evaluation extrapolates (total mass up to 200), which wrecks the projected model.
+    # 0.999997 against A + C on seed 0, at the paper's constant step); standardised features
+    # of unit variance leave the kernel soft (R^2 0.97) and the learned level sets tilted by
+    # ~0.1 rad where the evaluation extrapolates (total mass up to 200), which wrecks the
+    # projected model.
     normalize=False))
 register_task(_conservative_task(
     Kepler(),

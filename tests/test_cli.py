@@ -31,6 +31,7 @@ def test_quick_reproduce_writes_schema(tmp_path, capsys):
     assert (tmp_path / "spring.png").stat().st_size > 0
     table = (tmp_path / "table1.md").read_text()
     assert "| spring | concernet |" in table and "0.076 ± 0.063" in table
+    assert "Training: Adam at 1e-3 annealed to 0 along a cosine" in table
     assert "spring: wall_seconds" in capsys.readouterr().out
 
 
@@ -57,3 +58,4 @@ def test_constant_lr_is_recorded(tmp_path):
                  "--quick", "--no-progress", "--constant-lr"]) == 0
     doc = json.loads((tmp_path / "spring.json").read_text())
     assert doc["config"]["anneal"] is False
+    assert "Training: Adam at a constant 1e-3" in (tmp_path / "table1.md").read_text()

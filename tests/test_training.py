@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -196,7 +198,7 @@ def test_cosine_schedule_falls_from_one_to_zero():
     values = [factor(e) for e in range(12)]
     assert values[0] == 1.0 and abs(values[5] - 0.5) < 1e-12 and values[10] == 0.0
     assert values[11] == 0.0  # stays at 0 past the end
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     with pytest.raises(ValueError, match="`epochs` must be a positive int, got 0"):
         cosine_schedule(0)
 
