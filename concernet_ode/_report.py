@@ -83,29 +83,38 @@ def _ref(ref: dict, method: str, metric: str) -> str:
     return f"{value:.3g}"
 
 
-def _training_note(anneal: dict[str, bool]) -> str:
-    """Say how the Adam step was scheduled in each task's run (see ``RunConfig.anneal``)."""
-    annealed = sorted(name for name, on in anneal.items() if on)
-    constant = sorted(name for name, on in anneal.items() if not on)
-    cosine = ("Adam at 1e-3 annealed to 0 along a cosine over each stage's epochs (the "
-              "default, our one change to the paper's recipe, for every model alike)")
-    paper = "Adam at a constant 1e-3, the paper's protocol (`--constant-lr`)"
-    if not constant:
-        return f"Training: {cosine}."
-    if not annealed:
-        return f"Training: {paper}."
-    return f"Training: {cosine} for {', '.join(annealed)}; {paper} for {', '.join(constant)}."
+def _describe(values: dict[str, object], phrases: dict[object, str]) -> str:
+    """One phrase when every task agrees, else the phrase for each group of tasks."""
+    groups: dict[object, list[str]] = {}
+    for name, value in values.items():
+        groups.setdefault(value, []).append(name)
+    if len(groups) == 1:
+        return phrases[next(iter(groups))]
+    return "; ".join(f"{phrases[v]} ({', '.join(sorted(n))})" for v, n in groups.items())
+
+
+def _training_note(configs: dict[str, dict]) -> str:
+    """How each task's run trained (see ``RunConfig.anneal`` and ``RunConfig.positives``)."""
+    step = _describe({k: c.get("anneal", False) for k, c in configs.items()}, {
+        True: "Adam at 1e-3 annealed to 0 along a cosine over each stage's epochs (the "
+              "default, for every model alike)",
+        False: "Adam at a constant 1e-3, as in the paper (`--constant-lr`)"})
+    loss = _describe({k: c.get("positives", "sum") for k, c in configs.items()}, {
+        "mean": "the contrastive loss averages the log-similarity over each trajectory's "
+                "pairs (`positives=\"mean\"`, the default)",
+        "sum": "the contrastive loss is eq. (4) as printed (`--positives sum`)"})
+    return f"Training: {step}; {loss}. The paper's recipe is `--constant-lr --positives sum`."
 
 
 def write_table(out: Path, tasks: list[Task]) -> Path:
     """Write ``out/table1.md`` from every ``out/<task>.json`` of the given tasks."""
-    rows, timing, fidelity, notes, anneal = [], [], [], [], {}
+    rows, timing, fidelity, notes, configs = [], [], [], [], {}
     for task in tasks:
         path = out / f"{task.name}.json"
         if not path.exists():
             continue
         doc = json.loads(path.read_text())
-        anneal[task.name] = doc.get("config", {}).get("anneal", False)
+        configs[task.name] = doc.get("config", {})
         if getattr(task, "notes", ""):  # a task's own caveats (e.g. heat's metric)
             notes += [task.notes, ""]
         for name in METHODS:
@@ -144,7 +153,7 @@ def write_table(out: Path, tasks: list[Task]) -> Path:
         "invariants, trained the same way (a reference, not a method: it needs the answer). "
         "All start from the same weights and see the same batches.",
         "",
-        _training_note(anneal),
+        _training_note(configs),
         "",
         *notes,
         "Invariant fidelity, R² of an affine readout of each true invariant from the learned "

@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--constant-lr", action="store_true",
                      help="train at a constant Adam step, exactly the paper's protocol "
                           "(default: the step anneals to 0 along a cosine)")
+    rep.add_argument("--positives", choices=("mean", "sum"), default="mean",
+                     help="contrastive loss: 'sum' is eq. (4) as printed; 'mean' (default) "
+                          "averages the log-similarity over a trajectory's pairs")
     return parser
 
 
@@ -90,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the numbers independent of --jobs (same summation order in every process).
     torch.set_num_threads(1)
     anneal = not args.constant_lr
-    config = (RunConfig.quick(progress, anneal) if args.quick
-              else RunConfig(progress=progress, anneal=anneal))
+    config = (RunConfig.quick(progress, anneal, args.positives) if args.quick
+              else RunConfig(progress=progress, anneal=anneal, positives=args.positives))
     try:
         names = available_tasks() if args.task == "all" else [get_task(args.task).name]
     except ValueError as err:

@@ -17,6 +17,8 @@ import torch
 
 from ._jacobian import invariant_jacobian
 
+_POSITIVES = ("sum", "mean")
+
 __all__ = [
     "contrastive_invariant_loss",
     "flow_alignment_loss",
@@ -72,7 +74,8 @@ def _self_excluded_logits(points: torch.Tensor) -> torch.Tensor:
     return -sq - self_inf
 
 
-def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = False) -> torch.Tensor:
+def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = False,
+                               positives: str = "sum") -> torch.Tensor:
     """Contrastive loss of eq. (4): each trajectory is a class.
 
     For every point ``i`` with feature ``h_i``, with similarities ``s_ij = exp(-||h_i - h_j||^2)``,
@@ -83,10 +86,23 @@ def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = Fals
     ``(BT, BT)`` matrix of squared distances with ``logsumexp``, so it is stable however far
     apart the features are.
 
+    With ``positives="mean"`` the log moves outside the sum over positives (the
+    "outside" supervised contrastive loss, Khosla et al., NeurIPS 2020, eq. (2)):
+
+        l_i = mean_{j in traj(i), j != i} ||h_i - h_j||^2 + log sum_{j != i} s_ij.
+
+    The sum of eq. (4) is already large when each point is close to its neighbours in time,
+    so with room to spare (``m >= 2``) a trajectory can lie along a curve in feature space
+    instead of collapsing to a point; the mean pulls every pair of a trajectory together, so
+    only invariants minimise it. The positive term needs no ``(T, T)`` blocks: it is
+    ``(T ||h_i - mu||^2 + S) / (T - 1)`` with ``mu`` the trajectory's mean feature and ``S``
+    its summed squared deviations.
+
     Args:
         features: the learned invariants at every point of ``B`` trajectories of ``T`` points.
         normalize: standardise each feature over the batch first (eq. (8)), which prevents the
             trivial decrease of the loss by scaling the features up.
+        positives: ``"sum"`` (eq. (4), the default) or ``"mean"`` (log outside the sum).
 
     Returns:
         A scalar tensor.
@@ -94,7 +110,7 @@ def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = Fals
     Raises:
         TypeError: ``features`` is not a tensor.
         ValueError: it is not 3-D, or ``B < 2`` or ``T < 2`` (the loss needs a positive and a
-            negative for every point).
+            negative for every point); ``positives`` is not ``"sum"`` or ``"mean"``.
 
     Shapes:
         features: ``(B, T, m)``; returns ``()``.
@@ -105,14 +121,21 @@ def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = Fals
         msg = (f"`features` needs at least 2 trajectories and 2 times per trajectory, got "
                f"B = {n_traj}, T = {n_times}")
         raise ValueError(msg)
+    if positives not in _POSITIVES:
+        msg = f"`positives` must be one of {_POSITIVES}, got {positives!r}"
+        raise ValueError(msg)
     if normalize:
         features = standardize_features(features)
     flat = features.reshape(n_traj * n_times, -1)
+    log_all = torch.logsumexp(_self_excluded_logits(flat), dim=-1)
+    if positives == "mean":
+        dev = (features - features.mean(1, keepdim=True)).square().sum(-1)  # (B, T)
+        mean_sq = (n_times * dev + dev.sum(1, keepdim=True)) / (n_times - 1)
+        return (mean_sq.reshape(-1) + log_all).mean()
     # The denominator needs every pair of the batch; the numerator only the (T, T) blocks of
     # each trajectory, so it is computed blockwise instead of by masking the (BT, BT) matrix
     # (4-5x faster at the paper's Kepler batch, B * T = 1000). A point's similarity to itself
     # is excluded by setting its logit to -inf (logsumexp ignores it).
-    log_all = torch.logsumexp(_self_excluded_logits(flat), dim=-1)
     log_pos = torch.logsumexp(_self_excluded_logits(features), dim=-1).reshape(-1)
     return (log_all - log_pos).mean()
 

@@ -92,7 +92,7 @@ def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
 
 
 def _invariant_loss(model: nn.Module, normalize: bool, ranking_weight: float,
-                    ranking_margin: float, flow_weight: float,
+                    ranking_margin: float, flow_weight: float, positives: str,
                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss of :func:`fit_invariants` on a batch of trajectories ``(B, T, n)``."""
 
@@ -100,7 +100,7 @@ def _invariant_loss(model: nn.Module, normalize: bool, ranking_weight: float,
         feats = model(x)
         if normalize:
             feats = standardize_features(feats)
-        total = contrastive_invariant_loss(feats)
+        total = contrastive_invariant_loss(feats, positives=positives)
         if ranking_weight > 0:
             total = total + ranking_weight * ranking_loss(feats, margin=ranking_margin)
         if flow_weight > 0:
@@ -141,7 +141,8 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
                    seed: int = 0, progress: bool = True,
                    val_data: TrajectoryData | None = None, ranking_weight: float = 0.0,
                    ranking_margin: float = 0.0, flow_weight: float = 0.0,
-                   lr_schedule: Callable[[int], float] | None = None) -> History:
+                   lr_schedule: Callable[[int], float] | None = None,
+                   positives: str = "sum") -> History:
     """Train ``model`` to output invariants of the trajectories in ``data`` (eqs. (4), (8)).
 
     Each step takes ``batch_size`` whole trajectories and minimises
@@ -169,6 +170,9 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
             method that uses the derivative data; 0, the default, leaves it out).
         lr_schedule: ``epoch -> factor`` of ``lr`` (``torch.optim.lr_scheduler.LambdaLR``),
             e.g. :func:`cosine_schedule`; ``None`` (the default, the paper's) keeps it constant.
+        positives: ``"sum"`` (eq. (4)) or ``"mean"``, the form that makes every trajectory
+            collapse (see :func:`~concernet_ode.contrastive_invariant_loss`; use it for
+            ``m >= 2``).
 
     Returns:
         ``{"loss": [...], "val_loss": [...]}``: per-epoch mean losses.
@@ -177,7 +181,7 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
         TypeError: ``data`` or ``val_data`` is not a ``TrajectoryData``; ``lr_schedule`` not
             callable.
         ValueError: bad ``epochs``, ``batch_size``, ``lr``, ``ranking_weight``,
-            ``ranking_margin`` or ``flow_weight``.
+            ``ranking_margin``, ``flow_weight`` or ``positives``.
     """
     data = _check_data(data)
     epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
@@ -188,7 +192,10 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
         raise ValueError(msg)
     loss = _invariant_loss(model, normalize, _check_weight(ranking_weight, "ranking_weight"),
                            _check_weight(ranking_margin, "ranking_margin"),
-                           _check_weight(flow_weight, "flow_weight"))
+                           _check_weight(flow_weight, "flow_weight"), positives)
+    if positives not in ("sum", "mean"):
+        msg = f"`positives` must be one of ('sum', 'mean'), got {positives!r}"
+        raise ValueError(msg)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         if len(idx) < 2:  # a last batch of one trajectory has no negatives: skip its loss

@@ -128,7 +128,7 @@ def _fit_latent(heat: HeatEquation1D, train, seed: int, config: RunConfig,
     torch.manual_seed(seed)
     H = InvariantNet(heat.autoencoder_latent_dim, 1)
     fit_invariants(H, latent, epochs=config.contrastive_epochs, batch_size=10, normalize=True,
-                   seed=seed, progress=config.progress,
+                   seed=seed, progress=config.progress, positives=config.positives,
                    lr_schedule=config.schedule(config.contrastive_epochs))
     H.requires_grad_(False)
     clock.lap("contrastive")

@@ -26,12 +26,14 @@ def test_quick_reproduce_writes_schema(tmp_path, capsys):
     assert len(doc["invariant_r2"]) == 1 and doc["invariant_r2"][0] <= 1
     assert doc["wall_seconds"] > 0 and "torch" in doc["versions"]
     assert doc["config"]["anneal"] is True  # the default: cosine-annealed Adam steps
+    assert doc["config"]["positives"] == "mean"
     # the oracle projects onto the true invariant: conserved to solver accuracy
     assert doc["methods"]["oracle"]["violation"][0] < 1e-6
     assert (tmp_path / "spring.png").stat().st_size > 0
     table = (tmp_path / "table1.md").read_text()
     assert "| spring | concernet |" in table and "0.076 ± 0.063" in table
     assert "Training: Adam at 1e-3 annealed to 0 along a cosine" in table
+    assert "averages the log-similarity over each trajectory's pairs" in table
     assert "spring: wall_seconds" in capsys.readouterr().out
 
 
@@ -55,7 +57,8 @@ def test_module_entry_point_help():
 
 def test_constant_lr_is_recorded(tmp_path):
     assert main(["reproduce", "--task", "spring", "--seeds", "0", "--out", str(tmp_path),
-                 "--quick", "--no-progress", "--constant-lr"]) == 0
+                 "--quick", "--no-progress", "--constant-lr", "--positives", "sum"]) == 0
     doc = json.loads((tmp_path / "spring.json").read_text())
-    assert doc["config"]["anneal"] is False
-    assert "Training: Adam at a constant 1e-3" in (tmp_path / "table1.md").read_text()
+    assert doc["config"]["anneal"] is False and doc["config"]["positives"] == "sum"
+    table = (tmp_path / "table1.md").read_text()
+    assert "Training: Adam at a constant 1e-3" in table and "eq. (4) as printed" in table

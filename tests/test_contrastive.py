@@ -128,3 +128,46 @@ def test_rejects_wrong_rank(shape):
 def test_rejects_too_few_trajectories_or_times(shape, got):
     with pytest.raises(ValueError, match=f"at least 2 trajectories and 2 times.*{got}"):
         contrastive_invariant_loss(torch.zeros(shape))
+
+
+def naive_mean_loss(features: torch.Tensor) -> float:
+    """The "outside" form point by point: mean over positives of -log(s_ij / sum_k s_ik)."""
+    n_traj, n_times, _ = features.shape
+    pts = [(b, features[b, t].tolist()) for b in range(n_traj) for t in range(n_times)]
+    total = 0.0
+    for i, (bi, hi) in enumerate(pts):
+        sims = [(bj, math.exp(-sum((a - b) ** 2 for a, b in zip(hi, hj, strict=True))))
+                for j, (bj, hj) in enumerate(pts) if j != i]
+        denom = sum(s for _, s in sims)
+        pos = [-math.log(s / denom) for bj, s in sims if bj == bi]
+        total += sum(pos) / len(pos)
+    return total / len(pts)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 1), (3, 4, 1), (4, 3, 2), (5, 6, 3)])
+def test_mean_positives_match_naive_loop(shape, rng):
+    feats = torch.randn(*shape, generator=rng, dtype=torch.float64)
+    got = contrastive_invariant_loss(feats, positives="mean")
+    assert abs(float(got) - naive_mean_loss(feats)) < 1e-10
+
+
+def test_mean_positives_need_collapse_where_the_sum_does_not():
+    # Two trajectories laid out as curves in 2-D, far apart: each point has a close neighbour
+    # in time, so eq. (4)'s sum is nearly satisfied, but the pairs of one trajectory are not
+    # together, which the "mean" form still penalises; collapsed trajectories satisfy both.
+    t = torch.linspace(0, 3, 30, dtype=torch.float64)
+    curve = torch.stack([t, torch.zeros_like(t)], -1)
+    curves = torch.stack([curve, curve + torch.tensor([0.0, 20.0], dtype=torch.float64)])
+    points = torch.zeros_like(curves)
+    points[1, :, 1] = 20.0
+    assert float(contrastive_invariant_loss(curves)) < 1e-12
+    collapsed = float(contrastive_invariant_loss(points, positives="mean"))
+    assert abs(collapsed - math.log(29)) < 1e-12  # its minimum: log(T - 1)
+    assert float(contrastive_invariant_loss(curves, positives="mean")) > collapsed + 0.5
+
+
+def test_positives_must_be_known():
+    feats = torch.zeros(2, 3, 1)
+    match = r"`positives` must be one of \('sum', 'mean'\), got 'max'"
+    with pytest.raises(ValueError, match=match):
+        contrastive_invariant_loss(feats, positives="max")

@@ -86,6 +86,9 @@ def test_fit_invariants_errors(spring_data):
     with pytest.raises(ValueError, match=r"at least 2.*1 trajectories"):
         fit_invariants(net, spring_data[:1], epochs=1)
     net.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"`positives` must be one of \('sum', 'mean'\)"):
+        fit_invariants(InvariantNet(2, 1), spring_data, epochs=1, positives="all",
+                       progress=False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         fit_invariants(net, spring_data, epochs=1)
 
