@@ -22,6 +22,7 @@ from ._jacobian import invariant_jacobian
 from .data import TrajectoryData
 from .models import MLP
 from .projection import orthonormal_rows, tangent_project
+from .training import adam
 
 __all__ = ["StackedField", "StackedMLP", "fit_stacked_dynamics", "projector"]
 
@@ -110,7 +111,7 @@ def fit_stacked_dynamics(model: StackedMLP, projections: Sequence[Callable | Non
     """
     x, y = data.points()
     proj = torch.stack([projector(H, x) for H in projections])  # (K, P, n, n)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr)
     gen = torch.Generator().manual_seed(seed)
     sched = None if lr_schedule is None else torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule)
     history = []
