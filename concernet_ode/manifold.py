@@ -313,12 +313,17 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
                      **odeint_kwargs: object):
     """``torchdiffeq.odeint`` with a Newton projection onto ``H(x) = H(x0)`` after each step.
 
-    Integrates from each output time to the next (split into ``substeps`` equal pieces) with
-    :func:`torchdiffeq.odeint`, and after each piece projects the state onto the level set by
-    :func:`project_to_level_set` (Hairer, Lubich & Wanner, sec. IV.4), so that every invariant
-    holds to ``tol`` at every output time, independently of the step size. Adaptive solvers
-    start each piece with the previous piece's last accepted step. ``func`` may itself be a
-    :class:`~concernet_ode.ProjectedVectorField` (continuous and discrete projection).
+    Integrates from each output time to the next (split into ``substeps`` equal pieces) and
+    after each piece projects the state onto the level set by :func:`project_to_level_set`
+    (Hairer, Lubich & Wanner, sec. IV.4), so that every invariant holds to ``tol`` at every
+    output time, independently of the step size. For torchdiffeq's adaptive Runge-Kutta
+    methods (dopri5, the default, dopri8, bosh3, fehlberg2, adaptive_heun) one solver runs
+    through all pieces, its steps shortened to end on each piece's end and its state replaced
+    by the projected one, so step-size control carries over as in one ``odeint`` call; other
+    methods (and ``min_step``, ``step_t`` or ``jump_t`` options) call
+    :func:`torchdiffeq.odeint` once per piece, starting from the previous piece's last step.
+    ``func`` may itself be a :class:`~concernet_ode.ProjectedVectorField` (continuous and
+    discrete projection).
     Gradients flow through the solver and the projections (unrolled autograd).
 
     Args:
