@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from concernet_ode.benchmark import METHODS, RunConfig, Task, available_tasks, get_task
 from concernet_ode.cli import main
 from integrations.py_pde_benchmark import HEAT_TASK, HeatTask, _scaled
@@ -27,8 +25,8 @@ def test_epochs_scale_with_the_config():
     assert _scaled(10, RunConfig(dynamics_epochs=1)) == 1  # never zero epochs
 
 
-@pytest.mark.slow
 def test_quick_heat_reproduce_writes_schema(tmp_path, capsys):
+    # Issue 6's smoke run, in the default suite: about 22 s on one core.
     assert main(["reproduce", "--task", "heat", "--seeds", "0", "--out", str(tmp_path),
                  "--quick", "--no-progress"]) == 0
     doc = json.loads((tmp_path / "heat.json").read_text())
