@@ -54,34 +54,38 @@ def standardize_features(features: torch.Tensor) -> torch.Tensor:
     return (features - mean) / std
 
 
-def _self_excluded_logits(points: torch.Tensor) -> torch.Tensor:
-    """``-||p_i - p_j||^2`` for all pairs of the last-but-one dim, ``-inf`` where ``i = j``.
+def _squared_distances(points: torch.Tensor) -> torch.Tensor:
+    """``||p_i - p_j||^2`` for all pairs of the last-but-one dim, ``(..., P, m) -> (..., P, P)``.
 
     Distances are summed from per-feature differences, not by the ``|a|^2 + |b|^2 - 2ab``
     expansion, which cancels catastrophically for nearby points -- exactly the positives that
     matter here -- and never forms a ``(P, P, m)`` tensor.
-
-    Shapes:
-        points: ``(..., P, m)``; returns ``(..., P, P)``.
     """
     sq = None
     for k in range(points.shape[-1]):
         col = points[..., k]
         term = (col.unsqueeze(-1) - col.unsqueeze(-2)).square()
         sq = term if sq is None else sq + term
+    return sq
+
+
+def _self_excluded_logits(points: torch.Tensor) -> torch.Tensor:
+    """``-||p_i - p_j||^2`` for all pairs, ``-inf`` where ``i = j``.
+
+    Shapes:
+        points: ``(..., P, m)``; returns ``(..., P, P)``.
+    """
     n_points = points.shape[-2]
     self_inf = torch.diag(points.new_full((n_points,), float("inf")))
-    return -sq - self_inf
+    return -_squared_distances(points) - self_inf
 
 
-def _squared_distances(points: torch.Tensor) -> torch.Tensor:
-    """``||p_i - p_j||^2`` from per-feature differences, ``(P, m) -> (P, P)`` (no graph)."""
-    sq = None
-    for k in range(points.shape[-1]):
-        col = points[:, k]
-        term = (col.unsqueeze(-1) - col.unsqueeze(-2)).square_()
-        sq = term if sq is None else sq.add_(term)
-    return sq
+def check_positives(positives: object) -> str:
+    """Return ``positives`` if it names a form of the loss, else raise a ``ValueError``."""
+    if positives not in _POSITIVES:
+        msg = f"`positives` must be one of {_POSITIVES}, got {positives!r}"
+        raise ValueError(msg)
+    return positives
 
 
 class _LogSumExpOthers(torch.autograd.Function):
@@ -165,9 +169,7 @@ def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = Fals
         msg = (f"`features` needs at least 2 trajectories and 2 times per trajectory, got "
                f"B = {n_traj}, T = {n_times}")
         raise ValueError(msg)
-    if positives not in _POSITIVES:
-        msg = f"`positives` must be one of {_POSITIVES}, got {positives!r}"
-        raise ValueError(msg)
+    check_positives(positives)
     if normalize:
         features = standardize_features(features)
     flat = features.reshape(n_traj * n_times, -1)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ._checks import positive_int
 from ._jacobian import call_field, check_callable, field_arity
 from .contrastive import (
+    check_positives,
     contrastive_invariant_loss,
     flow_alignment_loss,
     ranking_loss,
@@ -205,10 +206,8 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
         raise ValueError(msg)
     loss = _invariant_loss(model, normalize, _check_weight(ranking_weight, "ranking_weight"),
                            _check_weight(ranking_margin, "ranking_margin"),
-                           _check_weight(flow_weight, "flow_weight"), positives)
-    if positives not in ("sum", "mean"):
-        msg = f"`positives` must be one of ('sum', 'mean'), got {positives!r}"
-        raise ValueError(msg)
+                           _check_weight(flow_weight, "flow_weight"),
+                           check_positives(positives))
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         if len(idx) < 2:  # a last batch of one trajectory has no negatives: skip its loss
