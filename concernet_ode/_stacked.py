@@ -16,13 +16,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ._jacobian import invariant_jacobian
 from .data import TrajectoryData
 from .models import MLP
 from .projection import orthonormal_rows, tangent_project
-from .training import adam
+from .training import _run
 
 __all__ = ["StackedField", "StackedMLP", "fit_stacked_dynamics", "projector"]
 
@@ -101,7 +100,8 @@ def fit_stacked_dynamics(model: StackedMLP, projections: Sequence[Callable | Non
     Member ``k`` minimises the mean squared error of ``P_k(x) f_k(x)`` against ``dxdt``, with
     ``P_k`` the projector of the frozen invariants ``projections[k]`` (``None``: no
     projection). The point order is drawn exactly as in ``fit_dynamics`` (a
-    ``torch.Generator`` seeded with ``seed``, one permutation per epoch).
+    ``torch.Generator`` seeded with ``seed``, one permutation per epoch), and the training loop
+    is ``fit_dynamics``'s own.
 
     Args:
         lr_schedule: optional ``epoch -> factor`` multiplying ``lr``, as in ``fit_dynamics``.
@@ -111,27 +111,14 @@ def fit_stacked_dynamics(model: StackedMLP, projections: Sequence[Callable | Non
     """
     x, y = data.points()
     proj = torch.stack([projector(H, x) for H in projections])  # (K, P, n, n)
-    opt = adam(model.parameters(), lr)
-    gen = torch.Generator().manual_seed(seed)
-    sched = None if lr_schedule is None else torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule)
-    history = []
-    bar = tqdm(range(epochs), desc="dynamics", disable=not progress, leave=False)
     k = len(projections)
-    for _ in bar:
-        total = 0.0
-        for idx in torch.randperm(x.shape[0], generator=gen).split(batch_size):
-            xb = x[idx].expand(k, -1, -1)
-            out = (proj[:, idx] @ model(xb).unsqueeze(-1)).squeeze(-1)
-            loss = (out - y[idx]).pow(2).mean(dim=(1, 2)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        history.append(total / x.shape[0])
-        if sched is not None:
-            sched.step()
-        bar.set_postfix(loss=f"{history[-1]:.4g}", refresh=False)
-    return history
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        out = (proj[:, idx] @ model(x[idx].expand(k, -1, -1)).unsqueeze(-1)).squeeze(-1)
+        return (out - y[idx]).pow(2).mean(dim=(1, 2)).sum()
+
+    return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs, lr=lr,
+                seed=seed, progress=progress, desc="dynamics", lr_schedule=lr_schedule)["loss"]
 
 
 class StackedField(nn.Module):
