@@ -260,11 +260,12 @@ class _SteppedField:
 
     torchdiffeq restarts its step-size selection on every call; carrying the last accepted
     step over as ``first_step`` saves the selection's evaluations and its first rejections.
-    Solver callbacks of the wrapped field are forwarded; the step is recorded only for the
-    adaptive Runge-Kutta solvers (others would warn about an unsupported callback).
+    Solver callbacks of the wrapped field are forwarded; the step is recorded only with
+    ``record`` (for the adaptive Runge-Kutta solvers restarted once per piece; other solvers
+    would warn about an unsupported callback, and one persistent solver needs no record).
     """
 
-    def __init__(self, f: Callable, adaptive: bool) -> None:
+    def __init__(self, f: Callable, record: bool) -> None:
         self.f = f
         self.arity = field_arity(f)
         self.last_step: float | None = None
@@ -272,7 +273,7 @@ class _SteppedField:
             if hasattr(f, name):
                 setattr(self, name, getattr(f, name))
         inner = getattr(f, "callback_accept_step", None)
-        if adaptive:
+        if record:
             self.callback_accept_step = self._recorder(inner)
         elif inner is not None:
             self.callback_accept_step = inner
@@ -366,9 +367,11 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
     _, tgt, tol_t = _check_projection_args(x0, H, level, tol, max_iter, "raise")
     user_options = dict(odeint_kwargs.pop("options", None) or {})
     odeint_kwargs.setdefault("method", "dopri5")
-    field = _SteppedField(func, odeint_kwargs["method"] in _ADAPTIVE)
     times = _piece_times(t.to(x0.dtype) if not t.is_floating_point() else t, substeps)
+    field = _SteppedField(func, record=False)
     stepper = make_stepper(field, x0, times, {**odeint_kwargs, "options": user_options})
+    if stepper is None:  # one odeint call per piece, each starting with the last step
+        field = _SteppedField(func, record=odeint_kwargs["method"] in _ADAPTIVE)
     states, log = [x0], []
     x = x0
     for k in range(times.shape[0] - 1):
