@@ -65,7 +65,7 @@ class RunConfig:
     below that of the authors' RK45 with the default atol 1e-6, so the scores measure the
     models rather than the solver.
 
-    ``anneal`` (on by default; our one change to the paper's training recipe) lets every
+    ``anneal`` (on by default; the first of our two changes to the paper's recipe) lets every
     training stage's Adam step fall from ``lr`` to 0 along a cosine over its epochs
     (:func:`~concernet_ode.cosine_schedule`) instead of staying at ``lr``: at a constant
     step Adam keeps jittering around the minimum of these noisy losses, and that jitter,
@@ -90,12 +90,11 @@ class RunConfig:
     positives: str = "mean"
 
     @classmethod
-    def quick(cls, progress: bool = False, anneal: bool = True,
-              positives: str = "mean") -> RunConfig:
+    def quick(cls, progress: bool = False) -> RunConfig:
         """A smoke-test configuration (a few epochs, a tenth of the evaluation horizon at
         loose tolerances; the numbers mean nothing)."""
         return cls(contrastive_epochs=20, dynamics_epochs=10, eval_rtol=1e-4, eval_atol=1e-6,
-                   eval_fraction=0.1, progress=progress, anneal=anneal, positives=positives)
+                   eval_fraction=0.1, progress=progress)
 
     def schedule(self, epochs: int) -> Callable[[int], float] | None:
         """The ``lr_schedule`` for a stage of ``epochs`` epochs (``None``: constant)."""

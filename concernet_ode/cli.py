@@ -92,9 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The models are small: one thread per process is fastest on a shared machine and makes
     # the numbers independent of --jobs (same summation order in every process).
     torch.set_num_threads(1)
-    anneal = not args.constant_lr
-    config = (RunConfig.quick(progress, anneal, args.positives) if args.quick
-              else RunConfig(progress=progress, anneal=anneal, positives=args.positives))
+    config = RunConfig.quick(progress) if args.quick else RunConfig(progress=progress)
+    config = replace(config, anneal=not args.constant_lr, positives=args.positives)
     try:
         names = available_tasks() if args.task == "all" else [get_task(args.task).name]
     except ValueError as err:
