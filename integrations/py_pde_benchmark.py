@@ -9,7 +9,8 @@ runs it. One seed (:func:`run_heat_seed`):
 2. an autoencoder 101 -> 32 -> 16 -> 9 (tanh) fitted to the training states; the latent data
    are ``z = E(x)`` and ``zdot = J_E(x) xdot`` (eqs. (9)-(10)), one Jacobian-vector product
    per point, each row paired with its own sample;
-3. a contrastive latent invariant ``H: R^9 -> R`` (``InvariantNet``, eqs. (4), (8));
+3. a contrastive latent invariant ``H: R^9 -> R`` (``InvariantNet``, eq. (4) in the form
+   ``config.positives``, on raw features: see the comment in :func:`_fit_latent`);
 4. two latent MLPs from the same initial weights, on the same batches and optimiser:
    ``baseline`` and ``concernet`` (behind the projection of eq. (6) onto the learned ``H``),
    plus ``oracle``: a full-space MLP 101 -> 101 trained on the full-space data behind the
