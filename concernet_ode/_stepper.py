@@ -7,11 +7,12 @@ into the solver and go on. Restarting ``odeint`` on every interval does it with 
 but pays, per interval, the input checks, the solver set-up and a fresh step-size start.
 
 :class:`RKStepper` instead drives one solver object of torchdiffeq's adaptive Runge-Kutta
-family (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun) step by step: steps are shortened so
-that one ends on every output time, and :meth:`RKStepper.restart_from` swaps in the projected
-state (and re-evaluates the field there, so the first-same-as-last stage stays exact). It uses
-torchdiffeq's private solver classes; :func:`make_stepper` returns ``None`` where they are
-unavailable or the method is not an adaptive Runge-Kutta one, and the caller then falls back
+family (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun) step by step: steps are shortened
+(or stretched by up to 10%) so that one ends on every output time, and
+:meth:`RKStepper.restart_from` swaps in the projected state (re-evaluating the field there
+unless the state moved by less than the solver's own tolerance). It uses torchdiffeq's
+private solver classes; :func:`make_stepper` returns ``None`` where they are unavailable or
+the method is not an adaptive Runge-Kutta one, and the caller then falls back
 to one ``odeint`` call per interval.
 """
 
@@ -29,6 +30,11 @@ except ImportError:  # pragma: no cover - depends on the installed torchdiffeq
     SOLVERS = None
 
 __all__ = ["RKStepper", "make_stepper"]
+
+# A proposed step that falls short of the next output time by less than this factor is
+# stretched to end on it (MATLAB's ode45 does the same before its final time): otherwise a
+# sliver of a step follows, and one output interval costs two steps instead of one.
+_STRETCH = 1.1
 
 
 class RKStepper:
@@ -68,17 +74,30 @@ class RKStepper:
                 raise RuntimeError(msg)
             state = solver.rk_state
             gap = target - state.t1
-            if state.dt > gap:
+            if _STRETCH * state.dt >= gap:  # land on the output time, not a sliver short
                 state = state._replace(dt=gap)
             solver.rk_state = solver._adaptive_step(state)
             n_steps += 1
         return solver.rk_state.y1
 
     def restart_from(self, k: int, x: torch.Tensor) -> None:
-        """Continue from state ``x`` at output time ``k`` (after :meth:`advance` to it)."""
+        """Continue from state ``x`` at output time ``k`` (after :meth:`advance` to it).
+
+        The field is re-evaluated at ``x`` only if ``x`` moved by more than the solver's own
+        error tolerance (in its ``atol + rtol * |y|`` scaled norm). Below that, keeping the
+        first-same-as-last stage from the unprojected point changes the next step by
+        ``h * L * |x - y|``: a correction of the size of one local error, multiplied by a
+        step, so one order higher than the error the controller already accepts.
+        """
         t = self.times[k]
-        state = self.solver.rk_state
-        self.solver.rk_state = state._replace(y1=x, f1=self.func(t, x), t1=t)
+        solver = self.solver
+        state = solver.rk_state
+        y = state.y1
+        scale = solver.atol + solver.rtol * torch.maximum(y.detach().abs(), x.detach().abs())
+        if float(solver.norm((x.detach() - y.detach()) / scale)) <= 1.0:
+            solver.rk_state = state._replace(y1=x, t1=t)
+        else:
+            solver.rk_state = state._replace(y1=x, f1=self.func(t, x), t1=t)
 
 
 def _no_interpolant(*_: object) -> None:

@@ -1,0 +1,49 @@
+"""Tests for the shared Jacobian helper (concernet_ode._jacobian)."""
+
+import pytest
+import torch
+
+from concernet_ode._jacobian import invariant_jacobian
+from concernet_ode.systems import Kepler
+
+
+def kepler_states(n):
+    return Kepler().sample_initial(n, seed=1)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5)])
+def test_one_pass_jacobian_equals_one_pass_per_invariant(shape):
+    H = Kepler().invariants
+    x = kepler_states(15)[: shape[0] * (shape[1] if len(shape) > 1 else 1)].reshape(*shape, 4)
+    with torch.no_grad():
+        h_rows, j_rows = invariant_jacobian(H, x)
+        h_one, j_one = invariant_jacobian(H, x, m=2)
+    assert j_one.shape == (*shape, 2, 4)
+    assert torch.equal(h_one, h_rows)
+    assert torch.allclose(j_one, j_rows, rtol=1e-14, atol=1e-14)
+    assert not j_one.requires_grad
+
+
+def test_one_pass_jacobian_keeps_the_graph_for_second_derivatives():
+    H = Kepler().invariants
+    x = kepler_states(4).requires_grad_(True)
+
+    def jac_sum(x, m):
+        return invariant_jacobian(H, x, create_graph=True, m=m)[1].pow(2).sum()
+
+    (g_rows,) = torch.autograd.grad(jac_sum(x, None), x)
+    (g_one,) = torch.autograd.grad(jac_sum(x, 2), x)
+    assert torch.allclose(g_one, g_rows, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: invariant_jacobian(H, x, m=2)[1], (x,))
+
+
+def test_one_pass_jacobian_of_parameter_free_constant_is_zero():
+    x = kepler_states(3)
+    h, jac = invariant_jacobian(lambda x: torch.ones(*x.shape[:-1], 2, dtype=x.dtype), x, m=2)
+    assert torch.equal(jac, torch.zeros(3, 2, 4, dtype=x.dtype))
+    assert torch.equal(h, torch.ones(3, 2, dtype=x.dtype))
+
+
+def test_one_pass_jacobian_rejects_a_wrong_invariant_count():
+    with pytest.raises(ValueError, match=r"`H` returned 2 invariants where 3 were expected"):
+        invariant_jacobian(Kepler().invariants, kepler_states(3), m=3)
