@@ -42,6 +42,7 @@ __all__ = [
     "METHODS",
     "RunConfig",
     "SeedResult",
+    "StageClock",
     "Task",
     "available_tasks",
     "get_task",
@@ -197,10 +198,21 @@ def get_task(name: str) -> Task:
     return _REGISTRY[name]
 
 
-def _timed(seconds: dict[str, float], key: str, start: float) -> float:
-    now = time.perf_counter()
-    seconds[key] = now - start
-    return now
+class StageClock:
+    """Wall time of the consecutive stages of a run: ``lap(name)`` ends a stage.
+
+    ``seconds`` maps each stage's name to its duration, as :class:`SeedResult` keeps it.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, key: str) -> None:
+        """Record the time since the previous lap (or since creation) as stage ``key``."""
+        now = time.perf_counter()
+        self.seconds[key] = now - self._last
+        self._last = now
 
 
 def _fidelity(system: ConservativeSystem, H: torch.nn.Module, seed: int) -> dict[str, float]:
@@ -227,8 +239,7 @@ def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConf
     the same weights), the batch order (``seed``), the evaluation states
     (``10000 + seed``) and the fidelity trajectories (``20000 + seed``).
     """
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
+    clock = StageClock()
     n, act = system.state_dim, system.activation
     train, _ = system.train_data(seed, dtype=torch.float32)
     torch.manual_seed(seed)
@@ -238,7 +249,7 @@ def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConf
                    flow_weight=flow_weight, positives=config.positives,
                    lr_schedule=config.schedule(config.contrastive_epochs))
     H.requires_grad_(False)
-    start = _timed(seconds, "contrastive", start)
+    clock.lap("contrastive")
 
     members = []
     for _ in range(3):
@@ -250,7 +261,7 @@ def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConf
                          batch_size=100, lr=1e-3, seed=seed, progress=config.progress,
                          lr_schedule=config.schedule(config.dynamics_epochs))
     stacked.write_back()
-    start = _timed(seconds, "dynamics", start)
+    clock.lap("dynamics")
 
     x0 = system.sample_initial(system.eval_traj, seed=EVAL_SEED_OFFSET + seed, evaluation=True)
     t = system.eval_grid()
@@ -262,16 +273,16 @@ def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConf
         pred = odeint(field64, x0.expand(3, -1, -1), t, **config.eval_options)  # (T, 3, B, n)
     evaluations = {name: Evaluation.from_trajectories(t, pred[:, k], true, system.invariants)
                    for k, name in enumerate(("baseline", "concernet", "oracle"))}
-    start = _timed(seconds, "evaluate", start)
+    clock.lap("evaluate")
 
     concernet = ProjectedVectorField(copy.deepcopy(members[1]).double(), H64)
     evaluations["concernet_manifold"] = evaluate(
         concernet, x0, t, system.invariants, true=true, integrator=odeint_projected, H=H64,
         **config.eval_options)
-    start = _timed(seconds, "evaluate_manifold", start)
+    clock.lap("evaluate_manifold")
     r2 = _fidelity(system, H64, seed)
-    _timed(seconds, "fidelity", start)
-    return SeedResult(seed, {m: evaluations[m] for m in METHODS}, r2, seconds)
+    clock.lap("fidelity")
+    return SeedResult(seed, {m: evaluations[m] for m in METHODS}, r2, clock.seconds)
 
 
 def _conservative_task(system: ConservativeSystem, paper: dict, authors: dict,
