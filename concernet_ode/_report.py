@@ -97,7 +97,8 @@ def _training_note(configs: dict[str, dict]) -> str:
     """How each task's run trained (see ``RunConfig.anneal`` and ``RunConfig.positives``)."""
     step = _describe({k: c.get("anneal", False) for k, c in configs.items()}, {
         True: "Adam at 1e-3 annealed to 0 along a cosine over each stage's epochs (the "
-              "default, for every model alike)",
+              "default; the baseline, ConCerNet and oracle models alike; a task's note "
+              "below names any stage kept at a constant step)",
         False: "Adam at a constant 1e-3, as in the paper (`--constant-lr`)"})
     loss = _describe({k: c.get("positives", "sum") for k, c in configs.items()}, {
         "mean": "the contrastive loss averages the log-similarity over each trajectory's "
@@ -115,7 +116,7 @@ def write_table(out: Path, tasks: list[Task]) -> Path:
             continue
         doc = json.loads(path.read_text())
         configs[task.name] = doc.get("config", {})
-        if getattr(task, "notes", ""):  # a task's own caveats (e.g. heat's metric)
+        if task.notes:  # a task's own caveats and recipe choices (e.g. heat's metric)
             notes += [task.notes, ""]
         for name in METHODS:
             m = doc["methods"][name]
