@@ -186,21 +186,38 @@ def write_figure(out: Path, task: Task, result: SeedResult) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     true = result.evaluations["baseline"].true
     t = result.evaluations["baseline"].t
-    axes[0].plot(true[:, 0, 0], true[:, 0, 1], "k-", lw=2.5, label="true")
+    # A low-dimensional state is drawn as a phase portrait of its first two coordinates; a
+    # discretised field (heat's 101 nodes) as its profile at the last evaluation time.
+    profile = true.shape[-1] > 4
+
+    def draw(states: torch.Tensor, style: str, **kwargs: object) -> None:
+        if profile:
+            axes[0].plot(states[-1, 0], style, **kwargs)
+        else:
+            axes[0].plot(states[:, 0, 0], states[:, 0, 1], style, **kwargs)
+
+    draw(true, "k-", lw=2.5, label="true")
     styles = {"baseline": "C3--", "concernet": "C0-", "concernet_manifold": "C2:",
               "oracle": "C7-."}
     for name, style in styles.items():
         ev = result.evaluations[name]
-        axes[0].plot(ev.pred[:, 0, 0], ev.pred[:, 0, 1], style, lw=1.2, label=name)
-        axes[1].semilogy(t, ev.violation_curve.clamp_min(1e-20), style, label=name)
-        axes[2].semilogy(t, ev.mse_curve.clamp_min(1e-20), style, label=name)
-    axes[0].set(xlabel=task.state_names[0], ylabel=task.state_names[1],
-                title="evaluation trajectory 0")
+        draw(ev.pred, style, lw=1.2, label=name)
+        # From the first step on: at t = 0 both errors are exactly 0, off a log axis.
+        axes[1].semilogy(t[1:], ev.violation_curve[1:].clamp_min(1e-30), style, label=name)
+        axes[2].semilogy(t[1:], ev.mse_curve[1:].clamp_min(1e-30), style, label=name)
+    if profile:
+        axes[0].set(xlabel="node", ylabel="value",
+                    title=f"evaluation trajectory 0 at t = {float(t[-1]):g}")
+    else:
+        axes[0].set(xlabel=task.state_names[0], ylabel=task.state_names[1],
+                    title="evaluation trajectory 0")
     axes[1].set(xlabel="t", ylabel="violation", title="conservation violation")
     axes[2].set(xlabel="t", ylabel="MSE", title="trajectory MSE")
-    axes[0].legend(fontsize=8)
+    # One legend for the three panels, below them, so that it hides no curve.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=9,
+               frameon=False)
     fig.suptitle(f"{task.name}, seed {result.seed}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = out / f"{task.name}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
