@@ -340,6 +340,12 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
     discrete projection).
     Gradients flow through the solver and the projections (unrolled autograd).
 
+    Cost: one evaluation of ``H`` per piece, plus its Jacobian and one or two more evaluations
+    where a correction is needed; the field is re-evaluated after a projection only if the
+    state moved by more than the solver's tolerance. Since every piece ends a solver step, an
+    output grid finer than the solver's own steps costs a step per output
+    (``python benchmarks/manifold_cost.py --t-end 1``).
+
     Args:
         func: the vector field, ``func(t, x)`` or ``func(x)``.
         x0: initial states; returned unchanged as the first output.
