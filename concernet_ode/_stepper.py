@@ -87,7 +87,8 @@ class RKStepper:
         error tolerance (in its ``atol + rtol * |y|`` scaled norm). Below that, keeping the
         first-same-as-last stage from the unprojected point changes the next step by
         ``h * L * |x - y|``: a correction of the size of one local error, multiplied by a
-        step, so one order higher than the error the controller already accepts.
+        step, so one power of the step size smaller than the local error the controller
+        already accepts.
         """
         t = self.times[k]
         solver = self.solver
