@@ -127,45 +127,28 @@ def invariant_jacobian(H: Callable, x: torch.Tensor, *, name: str = "H",
         x: ``(..., n)``; h: ``(..., m)``; J: ``(..., m, n)``.
     """
     keep = torch.is_grad_enabled() if create_graph is None else create_graph
-    if m is not None and m > 1:
-        return _jacobian_one_pass(H, x, m, name, keep)
-    with torch.enable_grad():
-        xg = x if (keep and x.requires_grad) else x.detach().requires_grad_(True)
-        h = evaluate_invariants(H, xg, name)
-        m = h.shape[-1]
-        if not h.requires_grad:  # H ignores x and has no trainable parameters
-            jac = x.new_zeros((*h.shape, x.shape[-1]))
-            return (h if keep else h.detach()), jac
-        rows = []
-        for i in range(m):
-            (g,) = torch.autograd.grad(
-                h[..., i], xg, grad_outputs=torch.ones_like(h[..., i]),
-                retain_graph=keep or i < m - 1, create_graph=keep, materialize_grads=True,
-            )
-            rows.append(g)
-        jac = torch.stack(rows, dim=-2)
-    if not keep:
-        h = h.detach()
-    return h, jac
-
-
-def _jacobian_one_pass(H: Callable, x: torch.Tensor, m: int, name: str,
-                       keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`invariant_jacobian` for known ``m > 1`` with one backward pass over ``m`` copies."""
+    one_pass = m is not None and m > 1
     with torch.enable_grad():
         base = x if (keep and x.requires_grad) else x.detach()
-        copies = base.expand(m, *x.shape)
-        if not copies.requires_grad:
-            copies = copies.clone().requires_grad_(True)
-        h_all = evaluate_invariants(H, copies, name)  # (m, ..., m)
-        if h_all.shape[-1] != m:
+        xg = base.expand(m, *x.shape) if one_pass else base  # m copies: (m, ..., n)
+        if not xg.requires_grad:
+            xg = (xg.clone() if one_pass else xg).requires_grad_(True)
+        h_all = evaluate_invariants(H, xg, name)
+        if one_pass and h_all.shape[-1] != m:
             msg = f"`{name}` returned {h_all.shape[-1]} invariants where {m} were expected"
             raise ValueError(msg)
-        h = h_all[0]
-        if not h_all.requires_grad:
+        h = h_all[0] if one_pass else h_all
+        if not h_all.requires_grad:  # H ignores x and has no trainable parameters
             return (h if keep else h.detach()), x.new_zeros((*h.shape, x.shape[-1]))
-        rows = torch.diagonal(h_all, dim1=0, dim2=-1)  # (..., m): copy i's invariant i
-        (g,) = torch.autograd.grad(rows.sum(), copies, create_graph=keep,
-                                   materialize_grads=True)
-        jac = g.movedim(0, -2)
+        if one_pass:  # copy i's invariant i, all rows in one backward pass
+            rows = torch.diagonal(h_all, dim1=0, dim2=-1)
+            (g,) = torch.autograd.grad(rows.sum(), xg, create_graph=keep,
+                                       materialize_grads=True)
+            jac = g.movedim(0, -2)
+        else:
+            n_inv = h.shape[-1]
+            grads = [torch.autograd.grad(h[..., i], xg, grad_outputs=torch.ones_like(h[..., i]),
+                                         retain_graph=keep or i < n_inv - 1, create_graph=keep,
+                                         materialize_grads=True)[0] for i in range(n_inv)]
+            jac = torch.stack(grads, dim=-2)
     return (h if keep else h.detach()), jac
