@@ -10,14 +10,11 @@ interleaved and repeated, medians reported.
 """
 
 import argparse
-import platform
-import statistics
-import time
 
 import torch
+from _timing import machine_line, median_ratios, time_interleaved
 from torch.func import jacrev, vmap
 
-import concernet_ode
 from concernet_ode import Autoencoder, LatentAdapter
 
 
@@ -44,28 +41,17 @@ def main() -> None:
         "encode_with_rate (JVP)": lambda: adapter.encode_with_rate(x, xdot),
         "full Jacobian, then J @ xdot": lambda: (jacobian(x) @ xdot.unsqueeze(-1)),
     }
-    times = {name: [] for name in setups}
     with torch.no_grad():
-        for run in setups.values():  # warm-up
-            run()
-        for _ in range(args.repeats):
-            for name, run in setups.items():  # interleaved, so load changes hit all alike
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
+        times, _ = time_interleaved(setups, args.repeats, warmup=True)
 
-    base = statistics.median(times["encode"])
     print(f"Autoencoder({args.n}, {args.latent}), batch {args.batch}, {args.dtype}, no_grad, "
           f"median of {args.repeats}")
-    print(f"machine: {platform.machine()} {platform.processor() or ''} "
-          f"{torch.get_num_threads()} thread(s); python {platform.python_version()}, "
-          f"torch {torch.__version__}, concernet_ode {concernet_ode.__version__}")
+    print(machine_line())
     print()
     print("| computation | wall time | ratio to encode |")
     print("|---|---|---|")
-    for name in setups:
-        med = statistics.median(times[name])
-        print(f"| {name} | {med * 1e3:.2f} ms | {med / base:.2f}x |")
+    for name, (med, ratio) in median_ratios(times, "encode").items():
+        print(f"| {name} | {med * 1e3:.2f} ms | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ as a ratio to plain ``odeint``.
 """
 
 import argparse
-import platform
-import statistics
-import time
 
 import torch
 import torchdiffeq
+from _timing import machine_line, median_ratios, time_interleaved
 from torchdiffeq import odeint
 
-import concernet_ode
 from concernet_ode import ProjectedVectorField, odeint_projected
 from concernet_ode.systems import Kepler
 
@@ -51,15 +48,9 @@ def main() -> None:
         }
 
     setups = build(f)
-    times = {name: [] for name in setups}
-    drift = {}
     with torch.no_grad():
-        for _ in range(args.repeats):
-            for name, run in setups.items():  # interleaved, so load changes hit all alike
-                start = time.perf_counter()
-                xs = run()
-                times[name].append(time.perf_counter() - start)
-                drift[name] = float((H(xs) - H(x0)).abs().max())
+        times, last = time_interleaved(setups, args.repeats)
+        drift = {name: float((H(xs) - H(x0)).abs().max()) for name, xs in last.items()}
 
     calls = {}
     with torch.no_grad():
@@ -72,21 +63,15 @@ def main() -> None:
 
             build(counted)[name]()
             calls[name] = counter[0]
-    base = statistics.median(times["plain odeint"])
     print(f"Kepler, batch {args.batch}, t in [0, {args.t_end:g}], 1001 outputs, dopri5 "
           f"rtol={args.rtol:g} atol={args.atol:g}, float64, true field, no_grad, "
           f"median of {args.repeats}")
-    print(f"machine: {platform.machine()} {platform.processor() or ''} "
-          f"{torch.get_num_threads()} thread(s); python {platform.python_version()}, "
-          f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}, "
-          f"concernet_ode {concernet_ode.__version__}")
+    print(machine_line(f"torchdiffeq {torchdiffeq.__version__}"))
     print()
     print("| set-up | max drift in (E, L) | evaluations of f | wall time | ratio to plain |")
     print("|---|---|---|---|---|")
-    for name in setups:
-        med = statistics.median(times[name])
-        print(f"| {name} | {drift[name]:.2e} | {calls[name]} | {med:.2f} s | "
-              f"{med / base:.2f}x |")
+    for name, (med, ratio) in median_ratios(times, "plain odeint").items():
+        print(f"| {name} | {drift[name]:.2e} | {calls[name]} | {med:.2f} s | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ available), interleaved and repeated, and prints the median time per step and th
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import time
 
 import torch
+from _timing import machine_line, median_ratios
 
 from concernet_ode import MLP
 from concernet_ode._stacked import StackedMLP
@@ -59,14 +58,12 @@ def main() -> None:
         for kind in kinds:  # interleaved, so load changes hit all alike
             times[kind].append(step_ms(kind, args.epochs, args.activation))
     print(f"stacked dynamics step (3 MLPs 2 x 100 {args.activation}, batch 100, float32); "
-          f"median of {args.repeats}; {platform.machine()}, {torch.get_num_threads()} "
-          f"thread(s), torch {torch.__version__}")
-    base = statistics.median(times["plain"])
+          f"median of {args.repeats}")
+    print(machine_line())
     print("| Adam | ms per step | ratio to plain |")
     print("|---|---|---|")
-    for kind in kinds:
-        med = statistics.median(times[kind])
-        print(f"| {kind} | {med:.3f} | {med / base:.2f}x |")
+    for kind, (med, ratio) in median_ratios(times, "plain").items():
+        print(f"| {kind} | {med:.3f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
