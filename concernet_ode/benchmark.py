@@ -71,8 +71,9 @@ class RunConfig:
     (:func:`~concernet_ode.cosine_schedule`) instead of staying at ``lr``: at a constant
     step Adam keeps jittering around the minimum of these noisy losses, and that jitter,
     not the data, set the models' error. It applies to every model alike (baseline,
-    ConCerNet, oracle, invariant, autoencoder); ``anneal=False`` (``--constant-lr``) is the
-    paper's protocol exactly.
+    ConCerNet, oracle, invariant, autoencoder), except where a task keeps its invariant at a
+    constant step (chemical kinetics; see its ``Task.notes``); ``anneal=False``
+    (``--constant-lr``) is the paper's protocol exactly.
 
     ``positives`` picks the form of the contrastive loss
     (:func:`~concernet_ode.contrastive_invariant_loss`): ``"mean"`` (the default, our second
@@ -320,11 +321,8 @@ register_task(_conservative_task(
     # Concentrations of 0.1-140 give raw features of that scale, so the similarities of
     # eq. (4) are sharp from the start and each trajectory collapses to one value; features
     # standardised to unit variance leave the kernel soft and the learned level sets tilted
-    # (`python benchmarks/invariant_fidelity.py --systems chemical` trains that way). The
-    # contrastive stage keeps a constant step: annealed, one seed in seven stopped at a
-    # tilted solution (1 - R^2 1.5e-5, where the others reach 3e-7 to 4e-6), and the
-    # projected flow's mass error grows with 1 - R^2 (`... --recipe table1 --seeds 0 1 2 3 4
-    # 5 6`, with and without `--schedule cosine`).
+    # (`python benchmarks/invariant_fidelity.py --systems chemical` trains that way). Why the
+    # contrastive stage keeps a constant step: the note below, printed under the table.
     normalize=False, anneal_invariant=False,
     notes=("chemical: the invariant trains on raw rather than standardised features, and its "
            "contrastive stage keeps Adam's constant step (the dynamics stage anneals like "
