@@ -10,7 +10,7 @@ from torchdiffeq import odeint
 
 from concernet_ode import MLP, ProjectedVectorField, cosine_schedule, fit_dynamics
 from concernet_ode._stacked import StackedField, StackedMLP, fit_stacked_dynamics, projector
-from concernet_ode.benchmark import Task, get_task, register_task
+from concernet_ode.benchmark import RunConfig, Task, get_task, register_task
 from concernet_ode.metrics import Evaluation, evaluate
 from concernet_ode.systems import Kepler, SpringMass
 
@@ -116,3 +116,24 @@ def test_plugin_task_not_registered(monkeypatch):
                                          "by no_such_module_for_concernet"):
         get_task("fake")
     assert "fake" not in benchmark.available_tasks()
+
+
+class _StopAfterInvariant(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("task", "annealed"), [("chemical", False), ("spring", True)])
+def test_contrastive_stage_schedule_per_task(monkeypatch, task, annealed):
+    # Chemical kinetics keeps its invariant at a constant step (its Task.notes say why); the
+    # other tasks anneal it with the rest. Stop the run at the contrastive stage.
+    seen = {}
+
+    def fake_fit_invariants(*args, **kwargs):
+        seen.update(kwargs)
+        raise _StopAfterInvariant
+
+    monkeypatch.setattr("concernet_ode.benchmark.fit_invariants", fake_fit_invariants)
+    with pytest.raises(_StopAfterInvariant):
+        get_task(task).run_seed(0, RunConfig.quick())
+    assert (seen["lr_schedule"] is not None) is annealed
+    assert ("constant step" in get_task(task).notes) is not annealed
