@@ -55,6 +55,12 @@ class RKStepper:
         self.solver = SOLVERS[method](func=func, y0=y0, rtol=rtol, atol=atol, **options)
         # increasing (negated by torchdiffeq for a decreasing grid), in the solver's time dtype
         self.times = t.to(self.solver.dtype)
+        # The loop in :meth:`advance` compares times as Python floats: a tensor comparison per
+        # step costs more than the arithmetic. Closer than ``slack`` to an output time counts
+        # as arrived (t0 + (target - t0) may round a few ulps short).
+        self._times = self.times.tolist()
+        eps = torch.finfo(self.times.dtype).eps
+        self._slack = [8 * eps * max(abs(v), 1.0) for v in self._times]
         self.solver._before_integrate(self.times)
         # Steps end on output times, so the dense-output polynomial is never evaluated:
         # skip fitting it after every step.
@@ -62,20 +68,17 @@ class RKStepper:
 
     def advance(self, k: int) -> torch.Tensor:
         """Integrate to output time ``k`` (steps shortened to end on it); return the state."""
-        solver, target = self.solver, self.times[k]
-        # Closer than this counts as arrived: t0 + (target - t0) may round a few ulps short.
-        slack = 8 * torch.finfo(target.dtype).eps * target.abs().clamp_min(1.0)
+        solver, target, slack = self.solver, self._times[k], self._slack[k]
         n_steps = 0
-        while target - solver.rk_state.t1 > slack:
+        while (gap := target - float(solver.rk_state.t1)) > slack:
             if n_steps >= solver.max_num_steps:
                 msg = (f"odeint_projected: more than {int(solver.max_num_steps)} solver steps "
                        f"between output times (at t = {float(solver.rk_state.t1):.6g}); raise "
                        "options={'max_num_steps': ...} or loosen rtol/atol")
                 raise RuntimeError(msg)
             state = solver.rk_state
-            gap = target - state.t1
-            if _STRETCH * state.dt >= gap:  # land on the output time, not a sliver short
-                state = state._replace(dt=gap)
+            if _STRETCH * float(state.dt) >= gap:  # land on the output time, not a sliver short
+                state = state._replace(dt=self.times[k] - state.t1)
             solver.rk_state = solver._adaptive_step(state)
             n_steps += 1
         return solver.rk_state.y1

@@ -90,7 +90,7 @@ def _newton_operator(jac: torch.Tensor) -> torch.Tensor:
         inv = torch.where(ok, 1.0 / torch.where(ok, g, torch.ones_like(g)), 0.0)
         return jac_t * inv[..., None, None]
     chol, info = torch.linalg.cholesky_ex(gram)
-    if not bool((info != 0).any()):
+    if not bool(info.any()):
         return torch.cholesky_solve(jac, chol).transpose(-1, -2)
     pinv = torch.linalg.pinv(gram, hermitian=True, rtol=m * torch.finfo(jac.dtype).eps)
     return jac_t @ pinv
@@ -120,12 +120,13 @@ def _newton(x: torch.Tensor, H: Callable, target: torch.Tensor, tol: torch.Tenso
         with torch.set_grad_enabled(keep):
             h = evaluate_invariants(H, x)
     resid = h - target
-    ratio = (resid.detach().abs() / tol).amax(-1)
+    err = resid.detach().abs()
+    ratio = (err / tol).amax(-1)
     active = ~(ratio <= 1.0)
     iters = torch.zeros(x.shape[:-1], dtype=torch.int64, device=x.device)
     n_active = int(active.sum())
     if n_active == 0:  # ``x`` itself comes back: callers may test identity
-        return x, iters, resid.detach().abs().amax(-1), ~active
+        return x, iters, err.amax(-1), ~active
     best_x, best_ratio, best_resid = x, ratio, resid
     if jac is None:
         _, jac = invariant_jacobian(H, x, create_graph=keep, m=m)
@@ -135,7 +136,13 @@ def _newton(x: torch.Tensor, H: Callable, target: torch.Tensor, tol: torch.Tenso
         x = x - step if n_active == active.numel() else torch.where(active[..., None], x - step, x)
         iters = iters + active
         resid = evaluate_invariants(H, x) - target
-        prev, ratio = ratio, (resid.detach().abs() / tol).amax(-1)
+        err = resid.detach().abs()
+        prev, ratio = ratio, (err / tol).amax(-1)
+        done = ratio <= 1.0
+        if bool(done.all()):
+            # Every sample converged, so each one's best iterate is this one: a sample that
+            # moved improved on a ratio > 1, one that had converged before did not move.
+            return x, iters, err.amax(-1), done
         better = ratio < best_ratio
         if bool(better.all()):
             best_x, best_ratio, best_resid = x, ratio, resid
@@ -143,10 +150,8 @@ def _newton(x: torch.Tensor, H: Callable, target: torch.Tensor, tol: torch.Tenso
             best_x = torch.where(better[..., None], x, best_x)
             best_ratio = torch.where(better, ratio, best_ratio)
             best_resid = torch.where(better[..., None], resid, best_resid)
-        active = ~(ratio <= 1.0)
+        active = ~done
         n_active = int(active.sum())
-        if n_active == 0:
-            break
         if bool((active & (ratio > _SLOW * prev)).any()):
             # Far from the level set J(x0) is a poor model: refresh it (full Newton step).
             _, jac = invariant_jacobian(H, x, create_graph=keep, m=m)
