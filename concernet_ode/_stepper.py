@@ -62,8 +62,9 @@ class RKStepper:
         eps = torch.finfo(self.times.dtype).eps
         self._slack = [8 * eps * max(abs(v), 1.0) for v in self._times]
         self.solver._before_integrate(self.times)
-        # Steps end on output times, so the dense-output polynomial is never evaluated:
-        # skip fitting it after every step.
+        # Steps that end on output times never evaluate the dense-output polynomial: skip
+        # fitting it after each of them (``step_across`` puts the fit back for its step).
+        self._interp_fit = self.solver._interp_fit
         self.solver._interp_fit = _no_interpolant
 
     def advance(self, k: int) -> torch.Tensor:
@@ -83,8 +84,57 @@ class RKStepper:
             n_steps += 1
         return solver.rk_state.y1
 
-    def restart_from(self, k: int, x: torch.Tensor) -> None:
-        """Continue from state ``x`` at output time ``k`` (after :meth:`advance` to it).
+    def outputs_in_next_step(self, k: int) -> int:
+        """How many output times from ``k`` on the solver's proposed next step would reach."""
+        state = self.solver.rk_state
+        reach = float(state.t1) + _STRETCH * float(state.dt)
+        j = k
+        while j < len(self._times) and self._times[j] <= reach:
+            j += 1
+        return j - k
+
+    def step_across(self, k: int) -> tuple[int, torch.Tensor | None, bool]:
+        """Take one accepted solver step of its own size, ending at or before the last output.
+
+        Returns ``(j, inner, on_end)``: the step passed output times ``k, ..., k + j - 1``
+        strictly inside it, whose states ``inner`` (``(j, ..., n)``, ``None`` if ``j = 0``) come
+        from the solver's dense-output polynomial; ``on_end`` says whether output ``k + j``
+        is where the step ended (its state is then ``self.solver.rk_state.y1``).
+        """
+        solver = self.solver
+        end = self._times[-1]
+        n_steps = 0
+        while True:
+            if n_steps >= solver.max_num_steps:
+                msg = (f"odeint_projected: more than {int(solver.max_num_steps)} rejected "
+                       f"solver steps in a row (at t = {float(solver.rk_state.t1):.6g}); raise "
+                       "options={'max_num_steps': ...} or loosen rtol/atol")
+                raise RuntimeError(msg)
+            state = solver.rk_state
+            if float(state.t1) + _STRETCH * float(state.dt) >= end:  # no sliver at the end
+                state = state._replace(dt=self.times[-1] - state.t1)
+            solver._interp_fit = self._interp_fit
+            try:
+                new = solver._adaptive_step(state)
+            finally:
+                solver._interp_fit = _no_interpolant
+            solver.rk_state = new
+            n_steps += 1
+            if float(new.t1) > float(state.t1):  # accepted
+                break
+        t1 = float(new.t1)
+        j = k
+        while j < len(self._times) and self._times[j] < t1 - self._slack[j]:
+            j += 1
+        on_end = j < len(self._times) and self._times[j] <= t1 + self._slack[j]
+        inner = None
+        if j > k:
+            frac = ((self.times[k:j] - new.t0) / (new.t1 - new.t0)).to(new.y1.dtype)
+            inner = _horner(new.interp_coeff, frac.reshape(-1, *([1] * new.y1.dim())))
+        return j - k, inner, on_end
+
+    def restart_from(self, x: torch.Tensor, t: torch.Tensor | None = None) -> None:
+        """Continue from state ``x`` at time ``t`` (default: where the last step ended).
 
         The field is re-evaluated at ``x`` only if ``x`` moved by more than the solver's own
         error tolerance (in its ``atol + rtol * |y|`` scaled norm). Below that, keeping the
@@ -93,15 +143,23 @@ class RKStepper:
         step, so one power of the step size smaller than the local error the controller
         already accepts.
         """
-        t = self.times[k]
         solver = self.solver
         state = solver.rk_state
+        t = state.t1 if t is None else t
         y = state.y1
         scale = solver.atol + solver.rtol * torch.maximum(y.detach().abs(), x.detach().abs())
         if float(solver.norm((x.detach() - y.detach()) / scale)) <= 1.0:
             solver.rk_state = state._replace(y1=x, t1=t)
         else:
             solver.rk_state = state._replace(y1=x, f1=self.func(t, x), t1=t)
+
+
+def _horner(coeffs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``sum_i coeffs[i] * x**i`` for a batch of points ``x`` (broadcast against the terms)."""
+    total = coeffs[-1] * x
+    for c in reversed(coeffs[1:-1]):
+        total = (total + c) * x
+    return total + coeffs[0]
 
 
 def _no_interpolant(*_: object) -> None:

@@ -328,8 +328,8 @@ def _check_odeint_args(func: Callable, x0: object, t: object, substeps: object,
 
 def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Callable, *,
                      target: torch.Tensor | float | None = None, tol: float | None = None,
-                     max_iter: int = 20, substeps: int = 1, return_info: bool = False,
-                     **odeint_kwargs: object):
+                     max_iter: int = 20, substeps: int = 1, interpolate: bool = False,
+                     return_info: bool = False, **odeint_kwargs: object):
     """``torchdiffeq.odeint`` with a Newton projection onto ``H(x) = H(x0)`` after each step.
 
     Integrates from each output time to the next (split into ``substeps`` equal pieces) and
@@ -349,7 +349,12 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
     where a correction is needed; the field is re-evaluated after a projection only if the
     state moved by more than the solver's tolerance. Since every piece ends a solver step, an
     output grid finer than the solver's own steps costs a step per output
-    (``python benchmarks/manifold_cost.py --t-end 1``).
+    (``python benchmarks/manifold_cost.py --t-end 1``), unless ``interpolate=True``: then,
+    wherever the solver's next step would pass two or more pieces' ends, it takes that step
+    whole, reads the states at those times off its dense-output polynomial (as
+    ``torchdiffeq.odeint`` does) and projects them together with the step's end in one
+    batched Newton call, going on from the projected end. The outputs still hold ``H`` to
+    ``tol``; the solver's path differs from the default one by the solver's tolerance.
 
     Args:
         func: the vector field, ``func(t, x)`` or ``func(x)``.
@@ -361,6 +366,9 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
         tol: absolute tolerance of the projection; default ``eps^(4/5) * max(1, |target|)``.
         max_iter: the most Newton iterations per projection.
         substeps: projections per output interval; more for coarse output grids.
+        interpolate: for output grids finer than the solver's steps, interpolate within a
+            step and project the interpolated states, instead of ending a step on each output
+            time (adaptive Runge-Kutta methods only).
         return_info: also return a :class:`ProjectionInfo`.
         **odeint_kwargs: ``rtol``, ``atol``, ``method``, ``options`` for torchdiffeq.odeint.
 
@@ -371,7 +379,8 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
     Raises:
         ConvergenceError: a projection did not converge (see :func:`project_to_level_set`).
         TypeError: ``func``/``H`` not callable, ``x0`` not a tensor, unknown keyword argument.
-        ValueError: bad ``t``, ``target``, ``tol``, ``max_iter`` or ``substeps``.
+        ValueError: bad ``t``, ``target``, ``tol``, ``max_iter`` or ``substeps``;
+            ``interpolate=True`` with a method that is not an adaptive Runge-Kutta one.
 
     Shapes:
         x0: ``(..., n)``; t: ``(T,)``; returns ``(T, ..., n)``; info fields ``(K,)`` and
@@ -387,6 +396,9 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
         True
     """
     _check_odeint_args(func, x0, t, substeps, odeint_kwargs)
+    if not isinstance(interpolate, bool):
+        msg = f"`interpolate` must be True or False, got {interpolate!r}"
+        raise TypeError(msg)
     level = evaluate_invariants(H, x0) if target is None else target
     _, tgt, tol_t = _check_projection_args(x0, H, level, tol, max_iter, "raise")
     user_options = dict(odeint_kwargs.pop("options", None) or {})
@@ -395,11 +407,25 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
     field = _SteppedField(func, record=False)
     stepper = make_stepper(field, x0, times, {**odeint_kwargs, "options": user_options})
     if stepper is None:  # one odeint call per piece, each starting with the last step
+        if interpolate and times.shape[0] > 1:
+            msg = (f"`interpolate=True` needs one of the adaptive Runge-Kutta methods {_ADAPTIVE} "
+                   "without the options min_step, step_t or jump_t; got "
+                   f"method={odeint_kwargs['method']!r}, options={user_options}")
+            raise ValueError(msg)
         field = _SteppedField(func, record=odeint_kwargs["method"] in _ADAPTIVE)
     states, log = [x0], []
     x = x0
     corrected = False  # whether the last projection moved the state: then expect another
-    for k in range(times.shape[0] - 1):
+    k, last = 0, times.shape[0] - 1
+    while k < last:
+        if interpolate and stepper.outputs_in_next_step(k + 1) >= 2:
+            done = _project_step(stepper, k, H, tgt, tol_t, max_iter)
+            for piece, (xk, iters, err) in enumerate(done, start=k + 1):
+                log.append((iters, err))
+                if piece % substeps == 0:
+                    states.append(xk)
+            k += len(done)
+            continue
         if stepper is not None:
             x = stepper.advance(k + 1)
         else:
@@ -411,10 +437,11 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
         x, iters, err, ok = _newton(x, H, tgt, tol_t, max_iter, eager_jacobian=corrected)
         corrected = x is not unprojected
         if stepper is not None and corrected:  # else the solver's state stands
-            stepper.restart_from(k + 1, x)
+            stepper.restart_from(x, stepper.times[k + 1])
         _report_failure(err, ok, iters, tol_t, "raise")
         log.append((iters, err))
-        if (k + 1) % substeps == 0:
+        k += 1
+        if k % substeps == 0:
             states.append(x)
     out = torch.stack(states)
     if not return_info:
@@ -424,6 +451,28 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
     iters = torch.stack([i for i, _ in log]) if log else empty
     errs = torch.stack([e.detach() for _, e in log]) if log else x0.new_zeros((0, *batch))
     return out, ProjectionInfo(times=times[1:].detach(), iterations=iters, residuals=errs)
+
+
+def _project_step(stepper, k: int, H: Callable, target: torch.Tensor, tol: torch.Tensor,
+                  max_iter: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One solver step of its own size across several output times, projected in one go.
+
+    The states at the output times inside the step come from the solver's dense output; they
+    and the step's end are projected together (one Newton call on the stacked batch) and the
+    solver goes on from the projected end. Returns ``(state, iterations, residual)`` for each
+    output time reached, in order (none if the step, shortened after a rejection, reached
+    none).
+    """
+    j, inner, on_end = stepper.step_across(k + 1)
+    if j == 0 and not on_end:
+        return []
+    end = stepper.solver.rk_state.y1
+    batch = end.unsqueeze(0) if inner is None else torch.cat([inner, end.unsqueeze(0)])
+    x, iters, err, ok = _newton(batch, H, target.expand(batch.shape[0], *target.shape), tol,
+                                max_iter, eager_jacobian=True)
+    _report_failure(err, ok, iters, tol, "raise")
+    stepper.restart_from(x[-1], stepper.times[k + 1 + j] if on_end else None)
+    return [(x[i], iters[i], err[i]) for i in range(j + on_end)]
 
 
 def _piece_times(t: torch.Tensor, substeps: int) -> torch.Tensor:
