@@ -280,8 +280,8 @@ def test_interpolate_on_a_fine_grid_costs_about_what_plain_odeint_does():
     with torch.no_grad():
         exact = odeint(system.vector_field, x0, t, method="dopri8", rtol=1e-12, atol=1e-12)
         plain = odeint(_count_calls(system.vector_field, calls, "plain"), x0, t, **kwargs)
-        every = odeint_projected(_count_calls(system.vector_field, calls, "every"), x0, t,
-                                 system.invariants, **kwargs)
+        odeint_projected(_count_calls(system.vector_field, calls, "every"), x0, t,
+                         system.invariants, **kwargs)
         dense, info = odeint_projected(_count_calls(system.vector_field, calls, "dense"), x0, t,
                                        system.invariants, interpolate=True, return_info=True,
                                        **kwargs)
