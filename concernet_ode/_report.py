@@ -150,7 +150,9 @@ def write_table(out: Path, tasks: list[Task]) -> Path:
         "Methods: `baseline` an MLP vector field; `concernet` the same MLP behind the "
         "projection onto the contrastively learned invariant; `concernet_manifold` that "
         "model integrated with a Newton projection onto the learned invariant's level set "
-        "after every output step; `oracle` the same MLP behind the projection onto the true "
+        "at every output time (`odeint_projected(..., interpolate=True)`: where a solver step "
+        "passes several output times, they are interpolated and projected with the step's "
+        "end); `oracle` the same MLP behind the projection onto the true "
         "invariants, trained the same way (a reference, not a method: it needs the answer). "
         "All start from the same weights and see the same batches.",
         "",

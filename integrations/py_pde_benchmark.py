@@ -17,7 +17,8 @@ runs it. One seed (:func:`run_heat_seed`):
    projection onto the known total heat (what a perfect invariant and no autoencoder give);
 5. evaluation from the same initial states against py-pde's solution: latent models are
    integrated from the encoded initial state and decoded, ``concernet_manifold`` adds a
-   Newton projection onto the learned latent level set after every output step, and every
+   Newton projection onto the learned latent level set at every output time
+   (``odeint_projected(..., interpolate=True)``), and every
    metric is computed in the full space. The violation uses the plain sum of the 101 nodal
    values (:meth:`HeatEquation1D.nodal_sum`, as the paper's numbers do), not the grid
    integral, which is smaller by the cell width.
@@ -172,7 +173,8 @@ def _evaluate(heat: HeatEquation1D, adapter: LatentAdapter, H: InvariantNet,
     clock.lap("evaluate")
     concernet = ProjectedVectorField(copy.deepcopy(stacked.mlps[1]).double(), H64)
     with torch.no_grad():
-        pred = adapter64.integrate(concernet, x0, t, odeint_fn=odeint_projected, H=H64, **opts)
+        pred = adapter64.integrate(concernet, x0, t, odeint_fn=odeint_projected, H=H64,
+                                   interpolate=True, **opts)
     evaluations["concernet_manifold"] = Evaluation.from_trajectories(t, pred, true,
                                                                      heat.nodal_sum)
     clock.lap("evaluate_manifold")
