@@ -134,6 +134,7 @@ class StackedField(nn.Module):
     def __init__(self, model: StackedMLP, projections: Sequence[Callable | None]) -> None:
         super().__init__()
         self.model, self.projections = model, list(projections)
+        self._m: list[int | None] = [None] * len(self.projections)  # see ProjectedVectorField
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         v = self.model(x)
@@ -142,6 +143,7 @@ class StackedField(nn.Module):
             if H is None:
                 out.append(v[k])
             else:
-                _, jac = invariant_jacobian(H, x[k], create_graph=False)
+                h, jac = invariant_jacobian(H, x[k], create_graph=False, m=self._m[k])
+                self._m[k] = h.shape[-1]
                 out.append(tangent_project(jac, v[k]))
         return torch.stack(out)

@@ -112,6 +112,10 @@ class _GradientConstrainedField(nn.Module):
         self.f = f
         setattr(self, self._fn_name, fn)
         self._arity = field_arity(f)
+        # The number of values the function returns, known after its first call: with it,
+        # several invariants' Jacobian rows come from one backward pass
+        # (:func:`~concernet_ode._jacobian.invariant_jacobian`'s ``m``).
+        self._m: int | None = None
 
     @property
     def field(self) -> Callable:
@@ -134,7 +138,10 @@ class _GradientConstrainedField(nn.Module):
         # The graph through J is needed only if something upstream wants gradients from it:
         # x itself, or trainable parameters of H (e.g. not while H is frozen in fit_dynamics).
         keep = torch.is_grad_enabled() and (x.requires_grad or self._invariants_trainable())
-        return invariant_jacobian(self.invariants, x, name=self._fn_name, create_graph=keep)
+        h, jac = invariant_jacobian(self.invariants, x, name=self._fn_name, create_graph=keep,
+                                    m=self._m)
+        self._m = h.shape[-1]
+        return h, jac
 
 
 class ProjectedVectorField(_GradientConstrainedField):
@@ -153,6 +160,8 @@ class ProjectedVectorField(_GradientConstrainedField):
     Args:
         f: the vector field, ``f(t, x)`` or ``f(x)``; an ``nn.Module`` is registered.
         H: the invariants, ``H(x) -> (..., m)`` or ``(...,)``; an ``nn.Module`` is registered.
+            ``m`` must stay the same from call to call: after the first, the Jacobian rows of
+            all ``m`` invariants come from one backward pass.
         eps: relative rank cutoff for dependent gradients; default
             ``64 * torch.finfo(x.dtype).eps``.
 

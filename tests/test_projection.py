@@ -193,6 +193,32 @@ def test_gradcheck_in_float64():
     assert torch.autograd.gradgradcheck(lambda x: field(0.0, x), (x,))
 
 
+def test_later_calls_take_all_jacobian_rows_in_one_pass(monkeypatch):
+    # The first call learns m; later ones pass it to invariant_jacobian, which then
+    # differentiates m stacked copies of H in one backward pass. Same field, same gradients.
+    import concernet_ode.projection as projection
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("m"))
+        return invariant_jacobian(*args, **kwargs)
+
+    monkeypatch.setattr(projection, "invariant_jacobian", spy)
+    torch.manual_seed(0)
+    f, H = MLP(3, 3, hidden=8).double(), MLP(3, 2, hidden=8).double()
+    field = ProjectedVectorField(f, H)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    first = field(0.0, x)
+    (g1,) = torch.autograd.grad(first.pow(2).sum(), x)
+    second = field(0.0, x)
+    (g2,) = torch.autograd.grad(second.pow(2).sum(), x)
+    assert seen == [None, 2]
+    assert torch.allclose(first, second, rtol=0, atol=1e-14)
+    assert torch.allclose(g1, g2, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda x: field(0.0, x), (x,))
+
+
 def test_field_called_with_x_only_and_with_t_x_agree():
     torch.manual_seed(0)
     mlp, H = MLP(3, 3), MLP(3, 1)
