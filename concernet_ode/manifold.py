@@ -46,7 +46,8 @@ class ProjectionInfo:
 
     Attributes:
         times: the times at which the state was projected, ``(K,)`` with
-            ``K = (T - 1) * substeps``.
+            ``K = (T - 1) * substeps`` (with ``interpolate=True``, the ends of solver steps
+            that passed several of these times are projected too, and not listed).
         iterations: Newton iterations each trajectory needed at each projection, ``(K, ...)``
             (0 where the state was already within tolerance).
         residuals: ``max_i |H_i(x) - target_i|`` per trajectory after each projection,
