@@ -469,8 +469,10 @@ def _project_step(stepper, k: int, H: Callable, target: torch.Tensor, tol: torch
         return []
     end = stepper.solver.rk_state.y1
     batch = end.unsqueeze(0) if inner is None else torch.cat([inner, end.unsqueeze(0)])
-    x, iters, err, ok = _newton(batch, H, target.expand(batch.shape[0], *target.shape), tol,
-                                max_iter, eager_jacobian=True)
+    stack = (batch.shape[0], *target.shape)  # the failure report indexes tol like err
+    tol = tol.expand(stack)
+    x, iters, err, ok = _newton(batch, H, target.expand(stack), tol, max_iter,
+                                eager_jacobian=True)
     _report_failure(err, ok, iters, tol, "raise")
     stepper.restart_from(x[-1], stepper.times[k + 1 + j] if on_end else None)
     return [(x[i], iters[i], err[i]) for i in range(j + on_end)]

@@ -343,6 +343,15 @@ def test_interpolate_gradients_match_finite_differences(monkeypatch):
     assert crossings  # the gradients went through interpolated, batch-projected outputs
 
 
+def test_interpolate_reports_a_failed_batched_projection():
+    # r grows by ~10% per solver step; one Newton iteration cannot bring it back to the
+    # circle, and the failure inside a step's batch of outputs is reported like any other.
+    x0 = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    t = torch.linspace(0, 1, 201, dtype=torch.float64)
+    with pytest.raises(ConvergenceError, match=r"did not converge for \d+ of \d+ sample"):
+        odeint_projected(lambda t, x: x, x0, t, circle, interpolate=True, max_iter=1)
+
+
 def test_interpolate_needs_an_adaptive_runge_kutta_method():
     x0, t = torch.ones(2), torch.linspace(0, 1, 3)
     with pytest.raises(ValueError, match=r"`interpolate=True` needs one of the adaptive "
