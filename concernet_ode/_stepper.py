@@ -8,9 +8,12 @@ but pays, per interval, the input checks, the solver set-up and a fresh step-siz
 
 :class:`RKStepper` instead drives one solver object of torchdiffeq's adaptive Runge-Kutta
 family (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun) step by step: steps are shortened
-(or stretched by up to 10%) so that one ends on every output time, and
-:meth:`RKStepper.restart_from` swaps in the projected state (re-evaluating the field there
-unless the state moved by less than the solver's own tolerance). It uses torchdiffeq's
+(or stretched by up to 10%) so that one ends on every output time (:meth:`RKStepper.advance`),
+or, on output grids finer than the steps, a step of the solver's own size is taken and the
+output times inside it are read off the solver's dense-output polynomial
+(:meth:`RKStepper.step_across`); :meth:`RKStepper.restart_from` swaps in the projected state
+(re-evaluating the field there unless the state moved by less than the solver's own
+tolerance). It uses torchdiffeq's
 private solver classes; :func:`make_stepper` returns ``None`` where they are unavailable or
 the method is not an adaptive Runge-Kutta one, and the caller then falls back
 to one ``odeint`` call per interval.
