@@ -75,17 +75,20 @@ class RKStepper:
         solver, target, slack = self.solver, self._times[k], self._slack[k]
         n_steps = 0
         while (gap := target - float(solver.rk_state.t1)) > slack:
-            if n_steps >= solver.max_num_steps:
-                msg = (f"odeint_projected: more than {int(solver.max_num_steps)} solver steps "
-                       f"between output times (at t = {float(solver.rk_state.t1):.6g}); raise "
-                       "options={'max_num_steps': ...} or loosen rtol/atol")
-                raise RuntimeError(msg)
+            self._check_step_limit(n_steps, "solver steps between output times")
             state = solver.rk_state
             if _STRETCH * float(state.dt) >= gap:  # land on the output time, not a sliver short
                 state = state._replace(dt=self.times[k] - state.t1)
             solver.rk_state = solver._adaptive_step(state)
             n_steps += 1
         return solver.rk_state.y1
+
+    def _check_step_limit(self, n_steps: int, what: str) -> None:
+        if n_steps >= self.solver.max_num_steps:
+            msg = (f"odeint_projected: more than {int(self.solver.max_num_steps)} {what} (at "
+                   f"t = {float(self.solver.rk_state.t1):.6g}); raise "
+                   "options={'max_num_steps': ...} or loosen rtol/atol")
+            raise RuntimeError(msg)
 
     def outputs_in_next_step(self, k: int) -> int:
         """How many output times from ``k`` on the solver's proposed next step would reach."""
@@ -108,11 +111,7 @@ class RKStepper:
         end = self._times[-1]
         n_steps = 0
         while True:
-            if n_steps >= solver.max_num_steps:
-                msg = (f"odeint_projected: more than {int(solver.max_num_steps)} rejected "
-                       f"solver steps in a row (at t = {float(solver.rk_state.t1):.6g}); raise "
-                       "options={'max_num_steps': ...} or loosen rtol/atol")
-                raise RuntimeError(msg)
+            self._check_step_limit(n_steps, "rejected solver steps in a row")
             state = solver.rk_state
             if float(state.t1) + _STRETCH * float(state.dt) >= end:  # no sliver at the end
                 state = state._replace(dt=self.times[-1] - state.t1)

@@ -352,6 +352,15 @@ def test_interpolate_reports_a_failed_batched_projection():
         odeint_projected(lambda t, x: x, x0, t, circle, interpolate=True, max_iter=1)
 
 
+def test_interpolate_step_limit_is_reported():
+    # A first step far too long for the tolerance is rejected; the limit counts rejections.
+    system = Kepler()
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"more than 1 rejected solver steps in a row"):
+        odeint_projected(system.vector_field, kepler_states(4), t, system.invariants,
+                         interpolate=True, options={"first_step": 0.5, "max_num_steps": 1})
+
+
 def test_interpolate_needs_an_adaptive_runge_kutta_method():
     x0, t = torch.ones(2), torch.linspace(0, 1, 3)
     with pytest.raises(ValueError, match=r"`interpolate=True` needs one of the adaptive "
