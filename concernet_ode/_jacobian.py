@@ -95,6 +95,21 @@ def evaluate_invariants(H: Callable, x: torch.Tensor, name: str = "H") -> torch.
     return h
 
 
+def stacked_rows(H: Callable, m: int | None) -> int | None:
+    """The ``m`` to hand :func:`invariant_jacobian`: ``m`` for closed-form ``H``, else ``None``.
+
+    Stacked copies trade autograd overhead for arithmetic: ``m`` forward passes and one
+    backward pass over ``m`` times the batch, against one forward and ``m`` backward passes
+    row by row. That pays where each operation of ``H`` is cheap and its autograd bookkeeping
+    is not, as for closed-form invariants (an arbitrary callable), and costs where ``H`` is a
+    network (an ``nn.Module``), whose matrix products grow with the batch:
+    ``python benchmarks/jacobian_cost.py`` prints both.
+    """
+    if m is None or m < 2 or isinstance(H, torch.nn.Module):
+        return None
+    return m
+
+
 def invariant_jacobian(H: Callable, x: torch.Tensor, *, name: str = "H",
                        create_graph: bool | None = None,
                        m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

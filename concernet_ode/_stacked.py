@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ._jacobian import invariant_jacobian
+from ._jacobian import invariant_jacobian, stacked_rows
 from .data import TrajectoryData
 from .models import MLP
 from .projection import orthonormal_rows, tangent_project
@@ -143,7 +143,8 @@ class StackedField(nn.Module):
             if H is None:
                 out.append(v[k])
             else:
-                h, jac = invariant_jacobian(H, x[k], create_graph=False, m=self._m[k])
+                h, jac = invariant_jacobian(H, x[k], create_graph=False,
+                                            m=stacked_rows(H, self._m[k]))
                 self._m[k] = h.shape[-1]
                 out.append(tangent_project(jac, v[k]))
         return torch.stack(out)

@@ -25,6 +25,7 @@ from ._jacobian import (
     evaluate_invariants,
     field_arity,
     invariant_jacobian,
+    stacked_rows,
 )
 from ._stepper import make_stepper
 
@@ -113,7 +114,7 @@ def _newton(x: torch.Tensor, H: Callable, target: torch.Tensor, tol: torch.Tenso
     evaluation when a correction is expected (a caller projecting step after step knows).
     """
     keep = _needs_graph(x, H, target)
-    m = target.shape[-1]
+    m = stacked_rows(H, target.shape[-1])
     jac = None
     if eager_jacobian:
         h, jac = invariant_jacobian(H, x, create_graph=keep, m=m)

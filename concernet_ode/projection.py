@@ -26,6 +26,7 @@ from ._jacobian import (
     check_state,
     field_arity,
     invariant_jacobian,
+    stacked_rows,
 )
 
 __all__ = [
@@ -112,9 +113,8 @@ class _GradientConstrainedField(nn.Module):
         self.f = f
         setattr(self, self._fn_name, fn)
         self._arity = field_arity(f)
-        # The number of values the function returns, known after its first call: with it,
-        # several invariants' Jacobian rows come from one backward pass
-        # (:func:`~concernet_ode._jacobian.invariant_jacobian`'s ``m``).
+        # The number of values the function returns, known after its first call: with it, a
+        # closed-form function's Jacobian rows come from one backward pass (``stacked_rows``).
         self._m: int | None = None
 
     @property
@@ -139,7 +139,7 @@ class _GradientConstrainedField(nn.Module):
         # x itself, or trainable parameters of H (e.g. not while H is frozen in fit_dynamics).
         keep = torch.is_grad_enabled() and (x.requires_grad or self._invariants_trainable())
         h, jac = invariant_jacobian(self.invariants, x, name=self._fn_name, create_graph=keep,
-                                    m=self._m)
+                                    m=stacked_rows(self.invariants, self._m))
         self._m = h.shape[-1]
         return h, jac
 
@@ -161,7 +161,7 @@ class ProjectedVectorField(_GradientConstrainedField):
         f: the vector field, ``f(t, x)`` or ``f(x)``; an ``nn.Module`` is registered.
         H: the invariants, ``H(x) -> (..., m)`` or ``(...,)``; an ``nn.Module`` is registered.
             ``m`` must stay the same from call to call: after the first, the Jacobian rows of
-            all ``m`` invariants come from one backward pass.
+            a closed-form ``H`` (not an ``nn.Module``) come from one backward pass.
         eps: relative rank cutoff for dependent gradients; default
             ``64 * torch.finfo(x.dtype).eps``.
 

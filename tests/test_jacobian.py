@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from concernet_ode._jacobian import invariant_jacobian
+from concernet_ode._jacobian import invariant_jacobian, stacked_rows
+from concernet_ode.models import MLP
 from concernet_ode.systems import Kepler
 
 
@@ -47,3 +48,13 @@ def test_one_pass_jacobian_of_parameter_free_constant_is_zero():
 def test_one_pass_jacobian_rejects_a_wrong_invariant_count():
     with pytest.raises(ValueError, match=r"`H` returned 2 invariants where 3 were expected"):
         invariant_jacobian(Kepler().invariants, kepler_states(3), m=3)
+
+
+def test_stacked_rows_only_for_closed_form_invariants_of_several_values():
+    def closed_form(x):
+        return x.pow(2)
+
+    assert stacked_rows(closed_form, 2) == 2
+    assert stacked_rows(closed_form, 1) is None
+    assert stacked_rows(closed_form, None) is None
+    assert stacked_rows(MLP(3, 2), 2) is None
