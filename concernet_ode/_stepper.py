@@ -99,13 +99,13 @@ class RKStepper:
             j += 1
         return j - k
 
-    def step_across(self, k: int) -> tuple[int, torch.Tensor | None, bool]:
+    def step_across(self, k: int) -> tuple[int, torch.Tensor | None, bool, torch.Tensor]:
         """Take one accepted solver step of its own size, ending at or before the last output.
 
-        Returns ``(j, inner, on_end)``: the step passed output times ``k, ..., k + j - 1``
+        Returns ``(j, inner, on_end, end)``: the step passed output times ``k, ..., k + j - 1``
         strictly inside it, whose states ``inner`` (``(j, ..., n)``, ``None`` if ``j = 0``) come
-        from the solver's dense-output polynomial; ``on_end`` says whether output ``k + j``
-        is where the step ended (its state is then ``self.solver.rk_state.y1``).
+        from the solver's dense-output polynomial; ``end`` is the state where the step ended,
+        and ``on_end`` says whether output ``k + j`` is there.
         """
         solver = self.solver
         end = self._times[-1]
@@ -133,7 +133,7 @@ class RKStepper:
         if j > k:
             frac = ((self.times[k:j] - new.t0) / (new.t1 - new.t0)).to(new.y1.dtype)
             inner = _horner(new.interp_coeff, frac.reshape(-1, *([1] * new.y1.dim())))
-        return j - k, inner, on_end
+        return j - k, inner, on_end, new.y1
 
     def restart_from(self, x: torch.Tensor, t: torch.Tensor | None = None) -> None:
         """Continue from state ``x`` at time ``t`` (default: where the last step ended).

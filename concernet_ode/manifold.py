@@ -263,10 +263,12 @@ def _report_failure(err: torch.Tensor, ok: torch.Tensor, iters: torch.Tensor,
         return
     bad = ~ok
     worst = torch.where(bad, err, -torch.inf).argmax()
+    # tol may broadcast against the states (one tolerance for a stack of them)
+    tol = tol.expand(*err.shape, tol.shape[-1]).reshape(-1, tol.shape[-1])
     msg = (f"Newton projection onto the level set did not converge for {int(bad.sum())} of "
            f"{ok.numel()} sample(s): worst residual max|H - target| = "
            f"{float(err.reshape(-1)[worst]):.3e} after {int(iters.reshape(-1)[worst])} "
-           f"iteration(s), tolerance {float(tol.reshape(-1, tol.shape[-1])[worst].min()):.3e}. "
+           f"iteration(s), tolerance {float(tol[worst].min()):.3e}. "
            "The level set "
            "may be unreachable from the state (e.g. a negative target for a sum of squares) "
            "or dH/dx singular; check `target`, or raise `tol` / `max_iter`")
@@ -465,15 +467,11 @@ def _project_step(stepper, k: int, H: Callable, target: torch.Tensor, tol: torch
     output time reached, in order (none if the step, shortened after a rejection, reached
     none).
     """
-    j, inner, on_end = stepper.step_across(k + 1)
+    j, inner, on_end, end = stepper.step_across(k + 1)
     if j == 0 and not on_end:
         return []
-    end = stepper.solver.rk_state.y1
     batch = end.unsqueeze(0) if inner is None else torch.cat([inner, end.unsqueeze(0)])
-    stack = (batch.shape[0], *target.shape)  # the failure report indexes tol like err
-    tol = tol.expand(stack)
-    x, iters, err, ok = _newton(batch, H, target.expand(stack), tol, max_iter,
-                                eager_jacobian=True)
+    x, iters, err, ok = _newton(batch, H, target, tol, max_iter, eager_jacobian=True)
     _report_failure(err, ok, iters, tol, "raise")
     stepper.restart_from(x[-1], stepper.times[k + 1 + j] if on_end else None)
     return [(x[i], iters[i], err[i]) for i in range(j + on_end)]
