@@ -33,6 +33,7 @@ import time
 import torch
 
 from concernet_ode import InvariantNet, cosine_schedule, fit_invariants, invariant_fidelity
+from concernet_ode.benchmark import INVARIANT_OPTIONS
 from concernet_ode.discovery import symbolic_readout
 from concernet_ode.systems import ChemicalKinetics, Kepler, SpringMass
 
@@ -61,11 +62,11 @@ def run_one(name: str, seed: int, *, epochs: int, m: int | None, eval_traj: int,
     net = InvariantNet(system.state_dim, m, activation=system.activation).to(dtype)
     start = time.perf_counter()
     options = {}
-    if recipe == "table1":
-        options = {"lr_schedule": cosine_schedule(epochs), "positives": "mean",
-                   "normalize": name != "chemical"}
-        if name == "chemical":  # as concernet_ode.benchmark registers that task
-            options["lr_schedule"] = None
+    if recipe == "table1":  # as concernet-ode reproduce trains the task's invariant
+        task = INVARIANT_OPTIONS.get(name, {})
+        options = {"positives": "mean", "normalize": task.get("normalize", True),
+                   "lr_schedule": cosine_schedule(epochs)
+                   if task.get("anneal_invariant", True) else None}
     if positives is not None:
         options["positives"] = positives
     if schedule != "recipe":
