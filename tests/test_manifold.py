@@ -206,6 +206,13 @@ def test_adaptive_stepper_large_correction_restarts_the_field(monkeypatch):
     assert float((system.invariants(fast[1:]) - 0.5).abs().max()) <= 1e-12
 
 
+def _count_calls(field, calls, key):
+    def counted(t, x):
+        calls[key] = calls.get(key, 0) + 1
+        return field(t, x)
+    return counted
+
+
 def test_adaptive_stepper_costs_few_extra_field_evaluations():
     # Steps end on output times (stretched rather than followed by a sliver) and a correction
     # below the solver's tolerance keeps the first-same-as-last stage: the projected run needs
@@ -214,18 +221,12 @@ def test_adaptive_stepper_costs_few_extra_field_evaluations():
     system = Kepler()
     x0 = kepler_states(16)
     t = torch.linspace(0, 5, 101, dtype=torch.float64)
-    calls = {"plain": 0, "projected": 0}
-
-    def counted(key):
-        def field(t, x):
-            calls[key] += 1
-            return system.vector_field(t, x)
-        return field
-
+    calls = {}
     kwargs = {"rtol": 1e-7, "atol": 1e-9}
     with torch.no_grad():
-        odeint(counted("plain"), x0, t, **kwargs)
-        xs = odeint_projected(counted("projected"), x0, t, system.invariants, **kwargs)
+        odeint(_count_calls(system.vector_field, calls, "plain"), x0, t, **kwargs)
+        xs = odeint_projected(_count_calls(system.vector_field, calls, "projected"), x0, t,
+                              system.invariants, **kwargs)
     assert max_drift(system.invariants, xs, x0) <= DRIFT_TOL[torch.float64]
     assert calls["projected"] <= 1.1 * calls["plain"], calls
 
@@ -259,13 +260,6 @@ def test_adaptive_stepper_step_limit_is_reported():
     with pytest.raises(RuntimeError, match=r"more than 3 solver steps between output times"):
         odeint_projected(system.vector_field, x0, t, system.invariants, rtol=1e-12, atol=1e-14,
                          options={"max_num_steps": 3})
-
-
-def _count_calls(field, calls, key):
-    def counted(t, x):
-        calls[key] = calls.get(key, 0) + 1
-        return field(t, x)
-    return counted
 
 
 def test_interpolate_on_a_fine_grid_costs_about_what_plain_odeint_does():
