@@ -94,7 +94,8 @@ def _describe(values: dict[str, object], phrases: dict[object, str]) -> str:
 
 
 def _training_note(configs: dict[str, dict]) -> str:
-    """How each task's run trained (see ``RunConfig.anneal`` and ``RunConfig.positives``)."""
+    """How each task's run trained (``RunConfig.anneal``, ``.positives``,
+    ``.invariant_weight_decay``)."""
     step = _describe({k: c.get("anneal", False) for k, c in configs.items()}, {
         True: "Adam at 1e-3 annealed to 0 along a cosine over each stage's epochs (the "
               "default; the baseline, ConCerNet and oracle models alike; a task's note "
@@ -104,7 +105,18 @@ def _training_note(configs: dict[str, dict]) -> str:
         "mean": "the contrastive loss averages the log-similarity over each trajectory's "
                 "pairs (`positives=\"mean\"`, the default)",
         "sum": "the contrastive loss is eq. (4) as printed (`--positives sum`)"})
-    return f"Training: {step}; {loss}. The paper's recipe is `--constant-lr --positives sum`."
+    decays = {k: c.get("invariant_weight_decay", 0.0) for k, c in configs.items()}
+    decay = _describe(decays, {v: _decay_phrase(v) for v in decays.values()})
+    return (f"Training: {step}; {loss}; {decay}. The paper's recipe is `--constant-lr "
+            "--positives sum --invariant-weight-decay 0`.")
+
+
+def _decay_phrase(value: float) -> str:
+    if not value:
+        return "the contrastive stage has no weight decay, as in the paper"
+    return (f"the contrastive stage has a decoupled weight decay of {value:g} "
+            "(`--invariant-weight-decay`; none where a task's note says its invariant trains "
+            "on raw features)")
 
 
 def write_table(out: Path, tasks: list[Task]) -> Path:

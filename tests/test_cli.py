@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
+from concernet_ode import benchmark
 from concernet_ode.benchmark import METHODS, get_task, registered_tasks
 from concernet_ode.cli import main
 
@@ -27,6 +29,7 @@ def test_quick_reproduce_writes_schema(tmp_path, capsys):
     assert doc["wall_seconds"] > 0 and "torch" in doc["versions"]
     assert doc["config"]["anneal"] is True  # the default: cosine-annealed Adam steps
     assert doc["config"]["positives"] == "mean"
+    assert doc["config"]["invariant_weight_decay"] == 0.3
     # the oracle projects onto the true invariant: conserved to solver accuracy
     assert doc["methods"]["oracle"]["violation"][0] < 1e-6
     assert (tmp_path / "spring.png").stat().st_size > 0
@@ -34,6 +37,7 @@ def test_quick_reproduce_writes_schema(tmp_path, capsys):
     assert "| spring | concernet |" in table and "0.076 ± 0.063" in table
     assert "Training: Adam at 1e-3 annealed to 0 along a cosine" in table
     assert "averages the log-similarity over each trajectory's pairs" in table
+    assert "decoupled weight decay of 0.3" in table
     assert "spring: wall_seconds" in capsys.readouterr().out
 
 
@@ -55,10 +59,41 @@ def test_module_entry_point_help():
     assert "--quick" in out.stdout and "--seeds" in out.stdout and "--constant-lr" in out.stdout
 
 
-def test_constant_lr_is_recorded(tmp_path):
+def test_paper_recipe_is_recorded(tmp_path):
     assert main(["reproduce", "--task", "spring", "--seeds", "0", "--out", str(tmp_path),
-                 "--quick", "--no-progress", "--constant-lr", "--positives", "sum"]) == 0
+                 "--quick", "--no-progress", "--constant-lr", "--positives", "sum",
+                 "--invariant-weight-decay", "0"]) == 0
     doc = json.loads((tmp_path / "spring.json").read_text())
     assert doc["config"]["anneal"] is False and doc["config"]["positives"] == "sum"
+    assert doc["config"]["invariant_weight_decay"] == 0
     table = (tmp_path / "table1.md").read_text()
     assert "Training: Adam at a constant 1e-3" in table and "eq. (4) as printed" in table
+    assert "no weight decay, as in the paper" in table
+
+
+def test_negative_weight_decay_is_refused(tmp_path, capsys):
+    assert main(["reproduce", "--task", "spring", "--out", str(tmp_path),
+                 "--invariant-weight-decay", "-1"]) == 2
+    assert "--invariant-weight-decay must be a finite number >= 0, got -1" in (
+        capsys.readouterr().err)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("task", "expected"), [("spring", 0.25), ("chemical", 0.0)])
+def test_invariant_weight_decay_reaches_the_contrastive_stage(monkeypatch, task, expected):
+    # Chemical kinetics trains its invariant on raw features, whose scale decay would shrink.
+    seen = {}
+
+    def spy(model, data, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(benchmark, "fit_invariants", spy)
+    config = benchmark.RunConfig.quick()
+    config = dataclasses.replace(config, invariant_weight_decay=0.25)
+    with pytest.raises(_Stop):
+        get_task(task).run_seed(0, config)
+    assert seen["weight_decay"] == expected

@@ -71,6 +71,23 @@ def test_fit_invariants_records_val_loss_and_handles_a_last_single_trajectory(sp
     assert all(torch.isfinite(torch.tensor(hist["loss"] + hist["val_loss"])))
 
 
+def test_fit_invariants_weight_decay_is_decoupled(spring_data):
+    # One step over one batch: the same Adam update from the same gradient, plus (AdamW) a
+    # shrink of every parameter by lr * weight_decay. An L2 term in the loss would instead
+    # pass through Adam's scaling and give a different difference.
+    lr, decay, after = 1e-2, 0.5, []
+    for wd in (0.0, decay):
+        torch.manual_seed(0)
+        net = InvariantNet(2, 1, hidden=8)
+        start = _params(net)
+        fit_invariants(net, spring_data, epochs=1, batch_size=8, lr=lr, weight_decay=wd,
+                       progress=False)
+        after.append(_params(net))
+    for p0, plain, decayed in zip(start, *after, strict=True):
+        torch.testing.assert_close(decayed - plain, -lr * decay * p0, rtol=1e-4, atol=1e-7)
+    assert any(bool((p0 != 0).any()) for p0 in start)
+
+
 def test_fit_invariants_errors(spring_data):
     net = InvariantNet(2, 1, hidden=4)
     with pytest.raises(TypeError, match="`data` must be a TrajectoryData, got Tensor"):
@@ -85,6 +102,8 @@ def test_fit_invariants_errors(spring_data):
         fit_invariants(net, spring_data, epochs=1, batch_size=1)
     with pytest.raises(ValueError, match=r"at least 2.*1 trajectories"):
         fit_invariants(net, spring_data[:1], epochs=1)
+    with pytest.raises(ValueError, match=r"`weight_decay` must be a finite number >= 0, got -0\.1"):
+        fit_invariants(net, spring_data, epochs=1, weight_decay=-0.1)
     net.requires_grad_(False)
     with pytest.raises(ValueError, match=r"`positives` must be one of \('sum', 'mean'\)"):
         fit_invariants(InvariantNet(2, 1), spring_data, epochs=1, positives="all",
