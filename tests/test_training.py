@@ -71,10 +71,10 @@ def test_fit_invariants_records_val_loss_and_handles_a_last_single_trajectory(sp
     assert all(torch.isfinite(torch.tensor(hist["loss"] + hist["val_loss"])))
 
 
-def test_fit_invariants_weight_decay_is_decoupled(spring_data):
+def test_fit_invariants_weight_decay_is_decoupled_and_spares_biases(spring_data):
     # One step over one batch: the same Adam update from the same gradient, plus (AdamW) a
-    # shrink of every parameter by lr * weight_decay. An L2 term in the loss would instead
-    # pass through Adam's scaling and give a different difference.
+    # shrink of every weight matrix by lr * weight_decay; biases get the plain update. An L2
+    # term in the loss would instead pass through Adam's scaling and give another difference.
     lr, decay, after = 1e-2, 0.5, []
     for wd in (0.0, decay):
         torch.manual_seed(0)
@@ -83,9 +83,12 @@ def test_fit_invariants_weight_decay_is_decoupled(spring_data):
         fit_invariants(net, spring_data, epochs=1, batch_size=8, lr=lr, weight_decay=wd,
                        progress=False)
         after.append(_params(net))
+    kinds = set()
     for p0, plain, decayed in zip(start, *after, strict=True):
-        torch.testing.assert_close(decayed - plain, -lr * decay * p0, rtol=1e-4, atol=1e-7)
-    assert any(bool((p0 != 0).any()) for p0 in start)
+        shrink = -lr * decay * p0 if p0.dim() >= 2 else torch.zeros_like(p0)
+        torch.testing.assert_close(decayed - plain, shrink, rtol=1e-4, atol=1e-7)
+        kinds.add(p0.dim() >= 2 and bool((p0 != 0).any()))
+    assert kinds == {True, False}  # both nonzero weights and biases were checked
 
 
 def test_fit_invariants_errors(spring_data):
