@@ -99,6 +99,16 @@ def test_train_data_split_in_half(system):
     assert float(train.t[-1]) == pytest.approx(system.train_t_end)
 
 
+def test_train_data_without_noise_is_the_same_split_of_clean_trajectories(system):
+    (noisy, noisy_test), (clean, clean_test) = (system.train_data(3, noise=flag)
+                                                for flag in (True, False))
+    for a, b in ((noisy, clean), (noisy_test, clean_test)):
+        assert float((a.x - b.x).std()) == pytest.approx(system.noise, rel=0.1)
+        assert float((a.x - b.x).abs().max()) < 6 * system.noise  # same trajectories
+    # noise-free: the derivatives are the field's at the states
+    torch.testing.assert_close(clean.dxdt, system.vector_field(clean.t, clean.x))
+
+
 def test_initial_distributions():
     spring, chem, kep = SYSTEMS
     r = spring.sample_initial(2000, seed=0).norm(dim=-1)

@@ -180,13 +180,18 @@ class ConservativeSystem(ABC):
         return data.to(dtype)
 
     def train_data(self, seed: int | torch.Generator, *, dtype: torch.dtype = torch.float64,
-                   ) -> tuple[TrajectoryData, TrajectoryData]:
-        """The protocol's noisy training set, split by trajectory into ``(train, test)``."""
+                   noise: bool = True) -> tuple[TrajectoryData, TrajectoryData]:
+        """The protocol's noisy training set, split by trajectory into ``(train, test)``.
+
+        ``noise=False`` returns the same trajectories and the same split without the noise
+        (it is still drawn, so that the split that follows it is the same): what the noise
+        costs a model, measured on otherwise identical data.
+        """
         gen = seed_generator(seed)
-        data = self.trajectories(self.train_traj, t_end=self.train_t_end,
-                                 n_times=self.train_n_times, noise=self.noise, seed=gen,
-                                 dtype=dtype)
-        return data.split(self.test_fraction, seed=gen)
+        clean = self.trajectories(self.train_traj, t_end=self.train_t_end,
+                                  n_times=self.train_n_times, seed=gen)
+        noisy = clean.with_noise(self.noise, seed=gen)
+        return (noisy if noise else clean).to(dtype).split(self.test_fraction, seed=gen)
 
     def eval_grid(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The evaluation time grid, ``(eval_n_times,)``."""
