@@ -65,12 +65,8 @@ def run_one(name: str, seed: int, *, epochs: int, m: int | None, eval_traj: int,
     start = time.perf_counter()
     options = {}
     if recipe == "table1":  # as concernet-ode reproduce trains the task's invariant
-        task = INVARIANT_OPTIONS.get(name, {})
-        options = {"positives": "mean", "normalize": task.get("normalize", True),
-                   "lr_schedule": cosine_schedule(epochs)
-                   if task.get("anneal_invariant", True) else None,
-                   "weight_decay": RunConfig().invariant_weight_decay
-                   if task.get("decay_invariant", True) else 0.0}
+        options = RunConfig(contrastive_epochs=epochs).invariant_options(
+            **INVARIANT_OPTIONS.get(name, {}))
     if positives is not None:
         options["positives"] = positives
     if schedule != "recipe":

@@ -114,6 +114,18 @@ class RunConfig:
         """The ``lr_schedule`` for a stage of ``epochs`` epochs (``None``: constant)."""
         return cosine_schedule(epochs) if self.anneal else None
 
+    def invariant_options(self, *, normalize: bool = True, anneal_invariant: bool = True,
+                          decay_invariant: bool = True) -> dict:
+        """Keyword arguments of ``fit_invariants`` for the contrastive stage of this run.
+
+        The run's loss form, step schedule and weight decay, less what a task leaves out
+        (its ``INVARIANT_OPTIONS``, which are exactly these keyword arguments).
+        """
+        return {"normalize": normalize, "positives": self.positives,
+                "lr_schedule": self.schedule(self.contrastive_epochs) if anneal_invariant
+                else None,
+                "weight_decay": self.invariant_weight_decay if decay_invariant else 0.0}
+
     @property
     def eval_options(self) -> dict:
         return {"method": "dopri5", "rtol": self.eval_rtol, "atol": self.eval_atol}
@@ -264,12 +276,11 @@ def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConf
     train, _ = system.train_data(seed, dtype=torch.float32)
     torch.manual_seed(seed)
     H = InvariantNet(n, system.latent_dim, activation=act)
-    fit_invariants(H, train, epochs=config.contrastive_epochs, batch_size=10,
-                   normalize=normalize, seed=seed, progress=config.progress,
-                   flow_weight=flow_weight, positives=config.positives,
-                   lr_schedule=config.schedule(config.contrastive_epochs) if anneal_invariant
-                   else None,
-                   weight_decay=config.invariant_weight_decay if decay_invariant else 0.0)
+    fit_invariants(H, train, epochs=config.contrastive_epochs, batch_size=10, seed=seed,
+                   progress=config.progress, flow_weight=flow_weight,
+                   **config.invariant_options(normalize=normalize,
+                                              anneal_invariant=anneal_invariant,
+                                              decay_invariant=decay_invariant))
     H.requires_grad_(False)
     clock.lap("contrastive")
 

@@ -86,7 +86,7 @@ class _Stop(Exception):
                          [("spring", 0.25), ("chemical", 0.0), ("kepler", 0.0)])
 def test_invariant_weight_decay_reaches_the_contrastive_stage(monkeypatch, task, expected):
     # Chemical kinetics trains its invariant on raw features, whose scale decay would shrink;
-    # Kepler's one feature followed E and L less closely with decay (INVARIANT_OPTIONS).
+    # Kepler's one feature followed E less closely with decay (INVARIANT_OPTIONS).
     seen = {}
 
     def spy(model, data, **kwargs):
