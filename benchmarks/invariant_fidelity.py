@@ -13,9 +13,11 @@ q^2 + p^2, chemical >= 0.99999 against A + C, Kepler with m = 2: >= 0.95 for E, 
     python benchmarks/invariant_fidelity.py --recipe table1       # as concernet-ode reproduce
 
 ``--recipe paper`` (the default) trains exactly as above; ``--recipe table1`` trains as the
-Table 1 run does: ``positives="mean"``, the Adam step annealed by a cosine and a decoupled
-weight decay of 0.3 (``RunConfig.invariant_weight_decay``), except for chemical kinetics,
-which keeps a constant step and raw (not standardised) features without weight decay.
+Table 1 run does (``RunConfig.invariant_options``): ``positives="mean"``, the Adam step
+annealed by a cosine and a decoupled weight decay of 0.3, except where ``INVARIANT_OPTIONS``
+says otherwise: chemical kinetics keeps a constant step and raw (not standardised) features
+without weight decay, and Kepler trains without weight decay (for its Table 1 invariant,
+m = 1; add ``--weight-decay 0.3`` for the m = 2 run of issue 4).
 ``--positives`` overrides the loss form of either recipe, ``--schedule cosine|constant`` its
 step schedule, ``--weight-decay`` its weight decay. Each line also prints the spread of each
 learned feature within a trajectory over its spread across all (mean over trajectories of

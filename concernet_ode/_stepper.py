@@ -157,7 +157,11 @@ class RKStepper:
 
 
 def _horner(coeffs: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``sum_i coeffs[i] * x**i`` for a batch of points ``x`` (broadcast against the terms)."""
+    """``sum_i coeffs[i] * x**i`` for a batch of points ``x`` (broadcast against the terms).
+
+    torchdiffeq's own evaluator (``_interp_evaluate``) takes one scalar time and asserts it
+    lies in the step, so it cannot read all the output times inside a step in one call.
+    """
     total = coeffs[-1] * x
     for c in reversed(coeffs[1:-1]):
         total = (total + c) * x

@@ -331,7 +331,8 @@ def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConf
 # fresh training-distribution trajectories, R^2 E 0.753 / 0.808 / 0.692 and L 0.991 / 0.998 /
 # 0.980 against 0.768 / 0.827 / 0.699 and 0.994 / 0.991 / 0.980 without (`python
 # benchmarks/invariant_fidelity.py --systems kepler --kepler-m 1 --recipe table1`, with
-# `--weight-decay 0.3`), so it trains without. (With two features decay helps: `--kepler-m 2`.)
+# `--weight-decay 0.3`), so it trains without. (With two features decay helps: add
+# `--kepler-m 2`.)
 INVARIANT_OPTIONS: dict[str, dict[str, bool]] = {
     "chemical": {"normalize": False, "anneal_invariant": False, "decay_invariant": False},
     "kepler": {"decay_invariant": False},
