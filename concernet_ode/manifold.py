@@ -22,6 +22,7 @@ from ._jacobian import (
     call_field,
     check_callable,
     check_state,
+    difference_jacobian,
     evaluate_invariants,
     field_arity,
     invariant_jacobian,
@@ -32,6 +33,12 @@ from ._stepper import make_stepper
 __all__ = ["ConvergenceError", "ProjectionInfo", "odeint_projected", "project_to_level_set"]
 
 _ON_FAILURE = ("raise", "warn")
+_JACOBIAN = ("auto", "autograd", "differences")
+# ``jacobian="auto"`` takes differences where the stacked batch (n + 1 copies of the states)
+# has at most this many elements: there one call of a closed-form ``H`` costs mostly its fixed
+# per-operation overhead, less than autograd's forward and backward pass; for larger batches
+# autograd wins (``python benchmarks/jacobian_cost.py``).
+_DIFFERENCES_MAX_NUMEL = 4096
 _ODEINT_KWARGS = ("atol", "method", "options", "rtol")
 _SLOW = 0.1  # a residual contraction worse than this re-evaluates J
 _ADAPTIVE = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "fehlberg2")
@@ -98,8 +105,22 @@ def _newton_operator(jac: torch.Tensor) -> torch.Tensor:
     return jac_t @ pinv
 
 
+def _jacobian_rule(H: Callable, x: torch.Tensor, keep: bool, m: int | None,
+                   choice: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``y -> (H(y), dH/dy)`` by the method ``choice`` names (see ``project_to_level_set``)."""
+    if choice == "auto":
+        small = (x.shape[-1] + 1) * x.numel() <= _DIFFERENCES_MAX_NUMEL
+        closed_form = not isinstance(H, torch.nn.Module)
+        choice = "differences" if (small and closed_form and not keep) else "autograd"
+    if choice == "autograd":
+        return lambda y: invariant_jacobian(H, y, create_graph=keep, m=m)
+    if keep:  # the values carry the graph; J is a constant of the iteration
+        return lambda y: (evaluate_invariants(H, y), difference_jacobian(H, y)[1])
+    return lambda y: difference_jacobian(H, y)
+
+
 def _newton(x: torch.Tensor, H: Callable, target: torch.Tensor, tol: torch.Tensor,
-            max_iter: int, *, eager_jacobian: bool = False,
+            max_iter: int, *, eager_jacobian: bool = False, jacobian: str = "auto",
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simplified Newton iteration; returns (best x, iterations, residual, converged).
 
@@ -114,10 +135,10 @@ def _newton(x: torch.Tensor, H: Callable, target: torch.Tensor, tol: torch.Tenso
     evaluation when a correction is expected (a caller projecting step after step knows).
     """
     keep = _needs_graph(x, H, target)
-    m = stacked_rows(H, target.shape[-1])
+    take_jacobian = _jacobian_rule(H, x, keep, stacked_rows(H, target.shape[-1]), jacobian)
     jac = None
     if eager_jacobian:
-        h, jac = invariant_jacobian(H, x, create_graph=keep, m=m)
+        h, jac = take_jacobian(x)
     else:
         with torch.set_grad_enabled(keep):
             h = evaluate_invariants(H, x)
@@ -131,7 +152,7 @@ def _newton(x: torch.Tensor, H: Callable, target: torch.Tensor, tol: torch.Tenso
         return x, iters, err.amax(-1), ~active
     best_x, best_ratio, best_resid = x, ratio, resid
     if jac is None:
-        _, jac = invariant_jacobian(H, x, create_graph=keep, m=m)
+        _, jac = take_jacobian(x)
     op = _newton_operator(jac)
     for _ in range(max_iter):
         step = (op @ resid.unsqueeze(-1)).squeeze(-1)
@@ -156,7 +177,7 @@ def _newton(x: torch.Tensor, H: Callable, target: torch.Tensor, tol: torch.Tenso
         n_active = int(active.sum())
         if bool((active & (ratio > _SLOW * prev)).any()):
             # Far from the level set J(x0) is a poor model: refresh it (full Newton step).
-            _, jac = invariant_jacobian(H, x, create_graph=keep, m=m)
+            _, jac = take_jacobian(x)
             op = _newton_operator(jac)
     return best_x, iters, best_resid.detach().abs().amax(-1), best_ratio <= 1.0
 
@@ -191,7 +212,7 @@ def _prepare_target(x: torch.Tensor, H: Callable, target: object) -> torch.Tenso
 
 def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | float, *,
                          tol: float | None = None, max_iter: int = 20,
-                         on_failure: str = "raise") -> torch.Tensor:
+                         on_failure: str = "raise", jacobian: str = "auto") -> torch.Tensor:
     """Project states onto the level set ``{y : H(y) = target}`` by simplified Newton.
 
     Implements the standard projection of Hairer, Lubich & Wanner (*Geometric Numerical
@@ -210,6 +231,19 @@ def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | fl
     flow to ``x``, ``target`` and the parameters of ``H`` through every iteration. ``dH/dx``
     is computed even under ``torch.no_grad()``.
 
+    ``J`` comes from autograd or from forward differences (``H`` evaluated once on the
+    ``n + 1`` stacked states ``x`` and ``x + h_j e_j``, steps as in SciPy's
+    ``approx_derivative``). Since the iteration only needs ``J`` approximately (the residual
+    is always that of ``H`` itself), differences converge as fast, to the same tolerance; the
+    projected point differs by about ``sqrt(eps)`` times the correction. The default,
+    ``"auto"``, takes differences where nothing needs gradients, ``H`` is not an
+    ``nn.Module`` (a closed-form ``H``, cheap per operation) and the stacked batch is small
+    (at most 4096 elements), where one call of ``H`` costs less than autograd's forward and
+    backward pass: ``python benchmarks/jacobian_cost.py`` times them side by side. With
+    ``"differences"`` and gradients enabled, ``J`` is a constant of the iteration: gradients
+    flow through the evaluations of ``H`` but not through ``J``, which is exact at
+    convergence only to first order in the correction.
+
     Args:
         x: states to project.
         H: the invariants, ``H(x) -> (..., m)`` or ``(...,)``, acting on each state separately.
@@ -219,6 +253,8 @@ def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | fl
         max_iter: the most Newton iterations.
         on_failure: ``"raise"`` a :class:`ConvergenceError`, or ``"warn"`` and return the best
             iterate of each sample.
+        jacobian: how to take ``J = dH/dx``: ``"autograd"``, ``"differences"`` (forward
+            differences), or ``"auto"`` (see above).
 
     Returns:
         The projected states, same shape, dtype and device as ``x``.
@@ -226,7 +262,8 @@ def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | fl
     Raises:
         ConvergenceError: a sample did not reach the tolerance within ``max_iter`` iterations
             (unreachable level, singular ``J``), with ``on_failure="raise"``.
-        ValueError: bad ``tol``, ``max_iter``, ``on_failure``, ``target`` shape, or ``m > n``.
+        ValueError: bad ``tol``, ``max_iter``, ``on_failure``, ``jacobian``, ``target`` shape,
+            or ``m > n``.
         TypeError: ``x`` is not a tensor or ``H`` not callable.
 
     Shapes:
@@ -238,20 +275,23 @@ def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | fl
         >>> bool(torch.allclose(y.pow(2).sum(-1), torch.ones(2, dtype=torch.float64)))
         True
     """
-    x, tgt, tol_t = _check_projection_args(x, H, target, tol, max_iter, on_failure)
-    y, iters, err, ok = _newton(x, H, tgt, tol_t, max_iter)
+    x, tgt, tol_t = _check_projection_args(x, H, target, tol, max_iter, on_failure, jacobian)
+    y, iters, err, ok = _newton(x, H, tgt, tol_t, max_iter, jacobian=jacobian)
     _report_failure(err, ok, iters, tol_t, on_failure)
     return y
 
 
 def _check_projection_args(x: object, H: Callable, target: object, tol: object,
-                           max_iter: object, on_failure: object):
+                           max_iter: object, on_failure: object, jacobian: object):
     check_state(x)
     check_callable(H, "H")
     _check_tol(tol)
     positive_int(max_iter, "max_iter")
     if on_failure not in _ON_FAILURE:
         msg = f"`on_failure` must be one of {_ON_FAILURE}, got {on_failure!r}"
+        raise ValueError(msg)
+    if not isinstance(jacobian, str) or jacobian not in _JACOBIAN:
+        msg = f"`jacobian` must be one of {_JACOBIAN}, got {jacobian!r}"
         raise ValueError(msg)
     tgt = _prepare_target(x, H, target)
     return x, tgt, _tolerance(tgt, tol)
@@ -333,7 +373,8 @@ def _check_odeint_args(func: Callable, x0: object, t: object, substeps: object,
 def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Callable, *,
                      target: torch.Tensor | float | None = None, tol: float | None = None,
                      max_iter: int = 20, substeps: int = 1, interpolate: bool = False,
-                     return_info: bool = False, **odeint_kwargs: object):
+                     jacobian: str = "auto", return_info: bool = False,
+                     **odeint_kwargs: object):
     """``torchdiffeq.odeint`` with a Newton projection onto ``H(x) = H(x0)`` after each step.
 
     Integrates from each output time to the next (split into ``substeps`` equal pieces) and
@@ -373,6 +414,8 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
         interpolate: for output grids finer than the solver's steps, interpolate within a
             step and project the interpolated states, instead of ending a step on each output
             time (adaptive Runge-Kutta methods only).
+        jacobian: how the projection takes ``dH/dx``: ``"auto"``, ``"autograd"`` or
+            ``"differences"`` (see :func:`project_to_level_set`).
         return_info: also return a :class:`ProjectionInfo`.
         **odeint_kwargs: ``rtol``, ``atol``, ``method``, ``options`` for torchdiffeq.odeint.
 
@@ -383,7 +426,7 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
     Raises:
         ConvergenceError: a projection did not converge (see :func:`project_to_level_set`).
         TypeError: ``func``/``H`` not callable, ``x0`` not a tensor, unknown keyword argument.
-        ValueError: bad ``t``, ``target``, ``tol``, ``max_iter`` or ``substeps``;
+        ValueError: bad ``t``, ``target``, ``tol``, ``max_iter``, ``substeps`` or ``jacobian``;
             ``interpolate=True`` with a method that is not an adaptive Runge-Kutta one.
 
     Shapes:
@@ -404,7 +447,7 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
         msg = f"`interpolate` must be True or False, got {interpolate!r}"
         raise TypeError(msg)
     level = evaluate_invariants(H, x0) if target is None else target
-    _, tgt, tol_t = _check_projection_args(x0, H, level, tol, max_iter, "raise")
+    _, tgt, tol_t = _check_projection_args(x0, H, level, tol, max_iter, "raise", jacobian)
     user_options = dict(odeint_kwargs.pop("options", None) or {})
     odeint_kwargs.setdefault("method", "dopri5")
     times = _piece_times(t.to(x0.dtype) if not t.is_floating_point() else t, substeps)
@@ -423,7 +466,7 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
     k, last = 0, times.shape[0] - 1
     while k < last:
         if interpolate and stepper.outputs_in_next_step(k + 1) >= 2:
-            done = _project_step(stepper, k, H, tgt, tol_t, max_iter)
+            done = _project_step(stepper, k, H, tgt, tol_t, max_iter, jacobian)
             for piece, (xk, iters, err) in enumerate(done, start=k + 1):
                 log.append((iters, err))
                 if piece % substeps == 0:
@@ -438,7 +481,8 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
                 options["first_step"] = field.last_step
             x = odeint(field, x, times[k:k + 2], options=options, **odeint_kwargs)[-1]
         unprojected = x
-        x, iters, err, ok = _newton(x, H, tgt, tol_t, max_iter, eager_jacobian=corrected)
+        x, iters, err, ok = _newton(x, H, tgt, tol_t, max_iter, eager_jacobian=corrected,
+                                    jacobian=jacobian)
         corrected = x is not unprojected
         if stepper is not None and corrected:  # else the solver's state stands
             stepper.restart_from(x, stepper.times[k + 1])
@@ -458,7 +502,8 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
 
 
 def _project_step(stepper, k: int, H: Callable, target: torch.Tensor, tol: torch.Tensor,
-                  max_iter: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                  max_iter: int, jacobian: str,
+                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One solver step of its own size across several output times, projected in one go.
 
     The states at the output times inside the step come from the solver's dense output; they
@@ -471,7 +516,8 @@ def _project_step(stepper, k: int, H: Callable, target: torch.Tensor, tol: torch
     if j == 0 and not on_end:
         return []
     batch = end.unsqueeze(0) if inner is None else torch.cat([inner, end.unsqueeze(0)])
-    x, iters, err, ok = _newton(batch, H, target, tol, max_iter, eager_jacobian=True)
+    x, iters, err, ok = _newton(batch, H, target, tol, max_iter, eager_jacobian=True,
+                                jacobian=jacobian)
     _report_failure(err, ok, iters, tol, "raise")
     stepper.restart_from(x[-1], stepper.times[k + 1 + j] if on_end else None)
     return [(x[i], iters[i], err[i]) for i in range(j + on_end)]

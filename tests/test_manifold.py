@@ -133,6 +133,71 @@ def test_projection_works_under_no_grad_and_keeps_graph_otherwise():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+def _count_difference_jacobians(monkeypatch):
+    import concernet_ode.manifold as manifold
+
+    calls = []
+    real = manifold.difference_jacobian
+
+    def spy(H, x, **kwargs):
+        calls.append(tuple(x.shape))
+        return real(H, x, **kwargs)
+
+    monkeypatch.setattr(manifold, "difference_jacobian", spy)
+    return calls
+
+
+def test_auto_jacobian_takes_differences_only_for_small_closed_form_batches_without_grad(
+        monkeypatch):
+    calls = _count_difference_jacobians(monkeypatch)
+    H = Kepler().invariants
+    x = kepler_states(8) * 1.001
+    target = H(kepler_states(8))
+    with torch.no_grad():
+        project_to_level_set(x, H, target)  # 5 * 32 elements: differences
+        assert calls and set(calls) == {(8, 4)}
+        n_calls = len(calls)
+        big = kepler_states(1000) * 1.001  # 5 * 4000 > 4096 elements: autograd
+        project_to_level_set(big, H, H(kepler_states(1000)))
+        net = torch.nn.Linear(4, 2).double()  # a network: autograd
+        project_to_level_set(x, net, net(kepler_states(8)))
+    project_to_level_set(x, H, target)  # gradients enabled: autograd
+    assert len(calls) == n_calls
+
+
+@pytest.mark.parametrize("jacobian", ["autograd", "differences"])
+def test_forced_jacobian_methods_reach_the_same_level_set(monkeypatch, jacobian):
+    calls = _count_difference_jacobians(monkeypatch)
+    system = Kepler()
+    x0 = kepler_states(6)
+    t = torch.linspace(0, 5, 11, dtype=torch.float64)
+    with torch.no_grad():
+        auto = odeint_projected(system.vector_field, x0, t, system.invariants, **RK4)
+        n_auto = len(calls)
+        forced = odeint_projected(system.vector_field, x0, t, system.invariants,
+                                  jacobian=jacobian, **RK4)
+    assert n_auto > 0
+    assert (len(calls) > n_auto) == (jacobian == "differences")
+    assert max_drift(system.invariants, forced, x0) <= DRIFT_TOL[torch.float64]
+    # Newton projections onto the same level set along directions that differ by J's
+    # relative error (<= 20 sqrt(eps) = 3e-7), times corrections of coarse RK4 steps (< 0.1)
+    assert torch.allclose(forced, auto, rtol=0, atol=3e-8)
+    if jacobian == "autograd":
+        assert not torch.equal(forced, auto)
+
+
+def test_difference_jacobian_with_gradients_flows_through_the_values():
+    x = torch.tensor([[1.0 + 1e-6, -0.4, 0.5]], dtype=torch.float64, requires_grad=True)
+    y_auto = project_to_level_set(x, circle, 1.41)
+    y_diff = project_to_level_set(x, circle, 1.41, jacobian="differences")
+    (g_auto,) = torch.autograd.grad(y_auto[0, 0], x)
+    (g_diff,) = torch.autograd.grad(y_diff[0, 0], x)
+    assert torch.allclose(y_diff, y_auto, atol=1e-12)
+    # J is a constant of the iteration: the gradient misses only dJ/dx times the correction
+    correction = float((y_auto - x).norm())
+    assert float((g_diff - g_auto).abs().max()) <= 4 * correction
+
+
 def test_gradcheck_through_odeint_projected():
     system = SpringMass()
     t = torch.linspace(0, 1, 3, dtype=torch.float64)
@@ -371,6 +436,8 @@ def test_interpolate_needs_an_adaptive_runge_kutta_method():
         ({"max_iter": 0}, ValueError, "`max_iter` must be a positive int"),
         ({"on_failure": "ignore"}, ValueError, r"`on_failure` must be one of \('raise', 'warn'\)"),
         ({"target": torch.ones(3)}, ValueError, "`target` must broadcast"),
+        ({"jacobian": "jvp"}, ValueError,
+         r"`jacobian` must be one of \('auto', 'autograd', 'differences'\), got 'jvp'"),
     ],
 )
 def test_project_argument_errors(kwargs, error, match):
