@@ -1,12 +1,16 @@
 """Cost and conservation of continuous vs discrete projection on Kepler.
 
-Five set-ups integrate the same 64 Kepler orbits (the true field, float64, under
+Six set-ups integrate the same 64 Kepler orbits (the true field, float64, under
 ``torch.no_grad()`` as in evaluation) with dopri5 at the same rtol/atol to 1001 output times:
 plain ``odeint``, continuous projection (``ProjectedVectorField`` with the true E and L),
-discrete projection (``odeint_projected``), the same with ``interpolate=True`` (which differs
-only where the output grid is finer than the solver's steps, e.g. ``--t-end 1``), and both
-kinds of projection. Runs are interleaved and repeated; the table shows the max invariant
-drift, the evaluations of the field and the median wall time as a ratio to plain ``odeint``.
+discrete projection (``odeint_projected``, whose Newton iteration takes ``dH/dx`` of these
+closed-form invariants by forward differences), the same with the Jacobian by autograd, the
+same with ``interpolate=True`` (which differs only where the output grid is finer than the
+solver's steps, e.g. ``--t-end 1``), and both kinds of projection. Each set-up is timed
+against plain ``odeint`` in ABBA blocks (plain, set-up, set-up, plain;
+``_timing.time_paired``); the table shows the max invariant drift, the evaluations of the
+field, the median wall time and the median over blocks of the time ratio to plain
+``odeint``.
 
     python benchmarks/manifold_cost.py [--t-end 10] [--repeats 3] [--rtol 1e-7 --atol 1e-9]
 """
@@ -15,7 +19,7 @@ import argparse
 
 import torch
 import torchdiffeq
-from _timing import machine_line, median_ratios, time_interleaved
+from _timing import machine_line, time_paired
 from torchdiffeq import odeint
 
 from concernet_ode import ProjectedVectorField, odeint_projected
@@ -45,6 +49,8 @@ def main() -> None:
             "plain odeint": lambda: odeint(field, x0, t, **solver),
             "continuous (ProjectedVectorField)": lambda: odeint(continuous, x0, t, **solver),
             "discrete (odeint_projected)": lambda: odeint_projected(field, x0, t, H, **solver),
+            "discrete, jacobian='autograd'": lambda: odeint_projected(
+                field, x0, t, H, jacobian="autograd", **solver),
             "discrete, interpolate=True": lambda: odeint_projected(field, x0, t, H,
                                                                    interpolate=True, **solver),
             "both": lambda: odeint_projected(continuous, x0, t, H, **solver),
@@ -52,7 +58,7 @@ def main() -> None:
 
     setups = build(f)
     with torch.no_grad():
-        times, last = time_interleaved(setups, args.repeats)
+        timed, last = time_paired(setups, "plain odeint", args.repeats)
         drift = {name: float((H(xs) - H(x0)).abs().max()) for name, xs in last.items()}
 
     calls = {}
@@ -68,12 +74,12 @@ def main() -> None:
             calls[name] = counter[0]
     print(f"Kepler, batch {args.batch}, t in [0, {args.t_end:g}], 1001 outputs, dopri5 "
           f"rtol={args.rtol:g} atol={args.atol:g}, float64, true field, no_grad, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats} ABBA blocks")
     print(machine_line(f"torchdiffeq {torchdiffeq.__version__}"))
     print()
     print("| set-up | max drift in (E, L) | evaluations of f | wall time | ratio to plain |")
     print("|---|---|---|---|---|")
-    for name, (med, ratio) in median_ratios(times, "plain odeint").items():
+    for name, (med, ratio) in timed.items():
         print(f"| {name} | {drift[name]:.2e} | {calls[name]} | {med:.2f} s | {ratio:.2f}x |")
 
 
