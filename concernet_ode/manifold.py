@@ -235,14 +235,14 @@ def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | fl
     ``n + 1`` stacked states ``x`` and ``x + h_j e_j``, steps as in SciPy's
     ``approx_derivative``). Since the iteration only needs ``J`` approximately (the residual
     is always that of ``H`` itself), differences converge as fast, to the same tolerance; the
-    projected point differs by about ``sqrt(eps)`` times the correction. The default,
-    ``"auto"``, takes differences where nothing needs gradients, ``H`` is not an
-    ``nn.Module`` (a closed-form ``H``, cheap per operation) and the stacked batch is small
-    (at most 4096 elements), where one call of ``H`` costs less than autograd's forward and
-    backward pass: ``python benchmarks/jacobian_cost.py`` times them side by side. With
-    ``"differences"`` and gradients enabled, ``J`` is a constant of the iteration: gradients
-    flow through the evaluations of ``H`` but not through ``J``, which is exact at
-    convergence only to first order in the correction.
+    projected point differs by the Jacobian's relative error (a few ``sqrt(eps)``) times the
+    correction. The default, ``"auto"``, takes differences where nothing needs gradients,
+    ``H`` is not an ``nn.Module`` (a closed-form ``H``, cheap per operation) and the stacked
+    batch is small (at most 4096 elements), where one call of ``H`` costs less than
+    autograd's forward and backward pass: ``python benchmarks/jacobian_cost.py`` times them
+    side by side. With ``"differences"`` and gradients enabled, ``J`` is a constant of the
+    iteration: gradients flow through the evaluations of ``H`` but not through ``J``, so
+    they miss the term of ``dJ/dx`` times the correction.
 
     Args:
         x: states to project.

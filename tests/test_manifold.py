@@ -98,10 +98,13 @@ def test_unreachable_target_raises_with_details():
     assert issubclass(ConvergenceError, RuntimeError)
 
 
-def test_singular_jacobian_raises():
+@pytest.mark.parametrize("jacobian", ["auto", "autograd", "differences"])
+def test_singular_jacobian_raises(jacobian):
     x = torch.zeros(2, dtype=torch.float64)  # grad of |x|^2 vanishes at the origin
     with pytest.raises(ConvergenceError, match="did not converge for 1 of 1"):
-        project_to_level_set(x, circle, 1.0, max_iter=3)
+        project_to_level_set(x, circle, 1.0, max_iter=3, jacobian=jacobian)
+    with torch.no_grad(), pytest.raises(ConvergenceError, match="did not converge for 1 of 1"):
+        project_to_level_set(x, circle, 1.0, jacobian=jacobian)
 
 
 def test_on_failure_warn_returns_best_iterate():
