@@ -9,7 +9,8 @@ MLP invariants of the sizes this project uses:
    (:func:`concernet_ode._jacobian.stacked_rows`).
 2. Autograd or differences? A simplified Newton iteration converges with any Jacobian close
    to the true one. Forward differences (``difference_jacobian``, which the projection uses
-   for closed-form invariants when no graph is needed) evaluate ``H`` once on ``n + 1``
+   for closed-form invariants on small batches when no graph is needed; the rows here are
+   the evidence for that rule) evaluate ``H`` once on ``n + 1``
    stacked copies of the states, central differences once on ``2n``: one forward pass, no
    backward pass. Printed with their relative error.
 
