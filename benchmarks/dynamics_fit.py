@@ -33,7 +33,7 @@ import torch
 from _timing import machine_line
 from torchdiffeq import odeint
 
-from concernet_ode import MLP, ProjectedVectorField, cosine_schedule, fit_dynamics
+from concernet_ode import MLP, ProjectedVectorField, TrajectoryData, cosine_schedule, fit_dynamics
 from concernet_ode.benchmark import EVAL_SEED_OFFSET
 from concernet_ode.metrics import evaluate
 from concernet_ode.systems import ChemicalKinetics, Kepler, SpringMass
@@ -65,29 +65,30 @@ def main() -> None:
         "MSE", "violation")
     print(f"| seed | training noise | epochs | peak lr | {scores[0]} | {scores[1]} |")
     print("|---|---|---|---|---|---|")
+
+    def wrap(net):
+        return net if args.model == "baseline" else ProjectedVectorField(net, system.invariants)
+
     for seed in args.seeds:
-        x0 = system.sample_initial(system.eval_traj, seed=EVAL_SEED_OFFSET + seed,
-                                   evaluation=True)
-        t = system.eval_grid()
-        true = system.solve(x0, t).movedim(-2, 0)
+        if args.held_out:
+            _, held_out = system.train_data(seed, dtype=torch.float64)
+        else:
+            x0 = system.sample_initial(system.eval_traj, seed=EVAL_SEED_OFFSET + seed,
+                                       evaluation=True)
+            t = system.eval_grid()
+            true = system.solve(x0, t).movedim(-2, 0)
         for noisy in (True,) if args.noisy_only else (True, False):
             train, _ = system.train_data(seed, dtype=torch.float32, noise=noisy)
             noise = system.noise if noisy else 0.0
             for epochs, lr in itertools.product(args.epochs, args.lr):
                 torch.manual_seed(seed)
                 mlp = MLP(system.state_dim, system.state_dim, activation=system.activation)
-
-                def wrap(net):
-                    if args.model == "baseline":
-                        return net
-                    return ProjectedVectorField(net, system.invariants)
-
                 fit_dynamics(wrap(mlp), train, epochs=epochs, batch_size=100, lr=lr,
                              seed=seed, progress=False, lr_schedule=cosine_schedule(epochs))
                 model = wrap(copy.deepcopy(mlp).double())
                 with torch.no_grad():
                     if args.held_out:
-                        first, second = held_out_scores(system, seed, model)
+                        first, second = held_out_scores(held_out, model)
                         cells = f"{first:.3g} | {second:.3g}"
                     else:
                         ev = evaluate(model, x0, t, system.invariants, true=true, rtol=1e-7,
@@ -96,14 +97,12 @@ def main() -> None:
                 print(f"| {seed} | {noise:g} | {epochs} | {lr:g} | {cells} |", flush=True)
 
 
-def held_out_scores(system, seed: int, model) -> tuple[float, float]:
-    """Derivative and rollout MSE on the protocol's held-out (noisy) training trajectories."""
-    _, test = system.train_data(seed, dtype=torch.float64)
+def held_out_scores(test: TrajectoryData, model) -> tuple[float, float]:
+    """Derivative and rollout MSE on held-out (noisy) trajectories, against their data."""
     dxdt = model(test.t[0], test.x)
     rollout = odeint(model, test.x[:, 0], test.t, method="dopri5", rtol=1e-7, atol=1e-9)
     return (float((dxdt - test.dxdt).pow(2).mean()),
             float((rollout.movedim(0, 1) - test.x).pow(2).mean()))
-
 
 if __name__ == "__main__":
     main()
