@@ -39,9 +39,8 @@ def time_paired(setups: dict[str, Callable[[], object]], base: str, repeats: int
                 ) -> tuple[dict[str, tuple[float, float]], dict[str, object]]:
     """Time each set-up against ``base`` in ABBA blocks: base, set-up, set-up, base.
 
-    The speed of these shared machines drifts by tens of percent within seconds (identical
-    runs of a second each have ranged over 0.9-1.6 s), so a ratio of medians taken over
-    runs seconds apart can be off by as much. A block's ratio, the set-up's two times over
+    The speed of these shared machines drifts within seconds, so a ratio of medians taken
+    over runs seconds apart carries that drift. A block's ratio, the set-up's two times over
     the base's two, cancels any drift that is linear over the block; the median over
     ``repeats`` blocks discards the blocks a load spike hit. One untimed run of each set-up
     comes first.
