@@ -148,10 +148,10 @@ def main() -> None:
                                                             strict=True))
             extra = f" readout {res['readout']}" if "readout" in res else ""
             cubic = ", ".join(f"{v:.5f}" for v in res["r2_cubic"])
-            cubic += "".join(f"; affine R^2 vs {k} {v:.5f}" for k, v in res["r2_related"].items())
+            related = "".join(f", affine R^2 vs {k} {v:.5f}" for k, v in res["r2_related"].items())
             spread = ", ".join(f"{v:.2f}" for v in res["spread_within"])
-            print(f"{name:9s} seed {seed} m={res['m']} R^2 {r2} (cubic readout {cubic})  target "
-                  f"{'met' if met else 'MISSED'}, spread within/across {spread}  "
+            print(f"{name:9s} seed {seed} m={res['m']} R^2 {r2} (cubic readout {cubic}){related}"
+                  f"  target {'met' if met else 'MISSED'}, spread within/across {spread}  "
                   f"({res['train_seconds']:.0f} s){extra}",
                   flush=True)
     if args.json:
