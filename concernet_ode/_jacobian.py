@@ -20,6 +20,7 @@ __all__ = [
     "evaluate_invariants",
     "field_arity",
     "invariant_jacobian",
+    "is_closed_form",
 ]
 
 
@@ -96,6 +97,16 @@ def evaluate_invariants(H: Callable, x: torch.Tensor, name: str = "H") -> torch.
     return h
 
 
+def is_closed_form(H: Callable) -> bool:
+    """Whether ``H`` counts as a closed-form invariant: any callable but an ``nn.Module``.
+
+    The Jacobian strategies choose by it (:func:`stacked_rows`, and the Newton projection's
+    ``jacobian="auto"``): a closed-form ``H`` costs mostly fixed overhead per operation, so
+    more arithmetic in fewer passes pays; a network's matrix products grow with the batch.
+    """
+    return not isinstance(H, torch.nn.Module)
+
+
 def stacked_rows(H: Callable, m: int | None) -> int | None:
     """The ``m`` to hand :func:`invariant_jacobian`: ``m`` for closed-form ``H``, else ``None``.
 
@@ -106,7 +117,7 @@ def stacked_rows(H: Callable, m: int | None) -> int | None:
     network (an ``nn.Module``), whose matrix products grow with the batch:
     ``python benchmarks/jacobian_cost.py`` prints both.
     """
-    if m is None or m < 2 or isinstance(H, torch.nn.Module):
+    if m is None or m < 2 or not is_closed_form(H):
         return None
     return m
 

@@ -26,6 +26,7 @@ from ._jacobian import (
     evaluate_invariants,
     field_arity,
     invariant_jacobian,
+    is_closed_form,
     stacked_rows,
 )
 from ._stepper import make_stepper
@@ -110,8 +111,7 @@ def _jacobian_rule(H: Callable, x: torch.Tensor, keep: bool, m: int | None,
     """``y -> (H(y), dH/dy)`` by the method ``choice`` names (see ``project_to_level_set``)."""
     if choice == "auto":
         small = (x.shape[-1] + 1) * x.numel() <= _DIFFERENCES_MAX_NUMEL
-        closed_form = not isinstance(H, torch.nn.Module)
-        choice = "differences" if (small and closed_form and not keep) else "autograd"
+        choice = "differences" if (small and is_closed_form(H) and not keep) else "autograd"
     if choice == "autograd":
         return lambda y: invariant_jacobian(H, y, create_graph=keep, m=m)
     if keep:  # the values carry the graph; J is a constant of the iteration
