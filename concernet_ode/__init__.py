@@ -3,14 +3,25 @@
 The public names are listed in ``__all__``; everything else is internal.
 """
 
-from .contrastive import contrastive_invariant_loss, flow_alignment_loss, ranking_loss
+from .contrastive import (
+    contrastive_invariant_loss,
+    flow_alignment_loss,
+    normal_flow_loss,
+    ranking_loss,
+)
 from .data import TrajectoryData
 from .latent import LatentAdapter
 from .manifold import ConvergenceError, odeint_projected, project_to_level_set
 from .metrics import conservation_violation, invariant_fidelity, trajectory_mse
 from .models import MLP, Autoencoder, InvariantNet
 from .projection import DissipativeVectorField, ProjectedVectorField
-from .training import cosine_schedule, fit_autoencoder, fit_dynamics, fit_invariants
+from .training import (
+    cosine_schedule,
+    fit_autoencoder,
+    fit_dynamics,
+    fit_invariants,
+    refine_invariants,
+)
 
 __all__ = [
     "MLP",
@@ -29,9 +40,11 @@ __all__ = [
     "fit_invariants",
     "flow_alignment_loss",
     "invariant_fidelity",
+    "normal_flow_loss",
     "odeint_projected",
     "project_to_level_set",
     "ranking_loss",
+    "refine_invariants",
     "trajectory_mse",
 ]
 

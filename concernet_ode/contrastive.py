@@ -16,12 +16,14 @@ from collections.abc import Callable
 import torch
 
 from ._jacobian import invariant_jacobian
+from .projection import orthonormal_rows
 
 _POSITIVES = ("sum", "mean")
 
 __all__ = [
     "contrastive_invariant_loss",
     "flow_alignment_loss",
+    "normal_flow_loss",
     "ranking_loss",
     "standardize_features",
 ]
@@ -264,3 +266,38 @@ def flow_alignment_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> tor
     tiny = torch.finfo(jac.dtype).tiny
     safe = torch.where(norms > tiny, norms, torch.ones_like(norms))
     return torch.where(norms > tiny, inner.pow(2) / safe, 0.0).mean()
+
+
+def normal_flow_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> torch.Tensor:
+    """Mean squared component of the observed flow normal to the level sets of ``H``.
+
+    ``|Q(x) dxdt|^2``, with ``Q`` the orthonormalised rows of ``dH/dx``
+    (:func:`~concernet_ode.projection.orthonormal_rows`), is exactly the part of an observed
+    derivative that a field projected onto ``H``'s level sets (eq. (6)) cannot fit, whatever
+    its ``f``: the floor that ``H`` puts under the projected model's training loss. It depends
+    only on the level sets, not on how ``H`` labels them. Unlike the squared cosine of
+    :func:`flow_alignment_loss` it weights each sample by ``|dxdt|^2``, so samples near a rest
+    point, whose observed derivative is mostly noise, count little; and for isotropic noise of
+    variance ``s^2`` on ``dxdt`` it only adds the constant ``m s^2``, so its minimiser is
+    unbiased. Alone it is also minimised by a constant ``H``: use it to refine invariants
+    learned contrastively (:func:`~concernet_ode.refine_invariants`), not to learn them.
+
+    Args:
+        H: the learned invariants, ``(..., n) -> (..., m)``.
+        x: states.
+        dxdt: their observed time derivatives.
+
+    Returns:
+        A scalar: the mean over samples of the squared normal component (per unit time
+        squared, in the units of ``dxdt``).
+
+    Shapes:
+        x, dxdt: ``(..., n)``; returns ``()``.
+    """
+    if not isinstance(dxdt, torch.Tensor) or dxdt.shape != x.shape:
+        got = tuple(dxdt.shape) if isinstance(dxdt, torch.Tensor) else type(dxdt).__name__
+        msg = f"`dxdt` must be a tensor of the shape of `x`, {tuple(x.shape)}; got {got}"
+        raise ValueError(msg)
+    _, jac = invariant_jacobian(H, x)  # (..., m, n), with a graph when training
+    normal = (orthonormal_rows(jac) * dxdt.unsqueeze(-2)).sum(-1)  # (..., m)
+    return normal.pow(2).sum(-1).mean()

@@ -1,6 +1,7 @@
-"""Training loops: invariants (contrastive), dynamics (derivative matching), autoencoders.
+"""Training loops: invariants (contrastive, then optionally refined against derivatives),
+dynamics (derivative matching), autoencoders.
 
-All three share one loop: Adam (AdamW with ``weight_decay``), a seeded shuffle per epoch, a
+All of them share one loop: Adam (AdamW with ``weight_decay``), a seeded shuffle per epoch, a
 tqdm bar showing the loss, and a history of per-epoch mean losses. Model initialisation is
 the caller's (seed it with ``torch.manual_seed`` before building the model); the trainers
 seed only the data order.
@@ -23,13 +24,15 @@ from .contrastive import (
     check_positives,
     contrastive_invariant_loss,
     flow_alignment_loss,
+    normal_flow_loss,
     ranking_loss,
     standardize_features,
 )
 from .data import TrajectoryData
 from .projection import _GradientConstrainedField
 
-__all__ = ["cosine_schedule", "fit_autoencoder", "fit_dynamics", "fit_invariants"]
+__all__ = ["cosine_schedule", "fit_autoencoder", "fit_dynamics", "fit_invariants",
+           "refine_invariants"]
 
 History = dict[str, list[float]]
 
@@ -251,6 +254,57 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
     return _run(model.parameters(), data.n_traj, batch_size, batch_loss, epochs=epochs, lr=lr,
                 seed=seed, progress=progress, desc="invariants", val_loss=val_loss,
                 lr_schedule=_check_schedule(lr_schedule), weight_decay=weight_decay)
+
+
+def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 200,
+                      batch_size: int = 100, lr: float = 1e-4, seed: int = 0,
+                      progress: bool = True,
+                      lr_schedule: Callable[[int], float] | None = None) -> History:
+    """Refine learned invariants so their level sets contain the observed flow.
+
+    The contrastive loss sees states only: it makes ``H`` nearly constant along each training
+    trajectory, which fixes its values well but its gradient less well (a ReLU network's
+    gradient is piecewise constant and can tilt from region to region while the values stay
+    accurate). The projection of eq. (6) uses only that gradient's direction. This stage
+    starts from the contrastive ``H`` and minimises :func:`~concernet_ode.normal_flow_loss`
+    over the training points, the component of each observed ``dxdt`` normal to the level
+    sets: exactly the error a projected model could not fit. Use a small step and few
+    epochs; the contrastive solution is the starting point and the loss alone does not rule
+    out a degenerate ``H``. This uses the derivative data, which the paper's contrastive step
+    does not (the dynamics stage uses the same data anyway): an extension of its method.
+
+    Args:
+        model: the invariants to refine in place, ``(..., n) -> (..., m)``.
+        data: trajectories with their observed derivatives.
+        epochs: passes over all ``N * T`` points.
+        batch_size: points per step.
+        lr: Adam learning rate.
+        seed: seeds the order of the points.
+        progress: show a tqdm bar (only when stderr is a terminal).
+        lr_schedule: ``epoch -> factor`` of ``lr``, as in :func:`fit_invariants`.
+
+    Returns:
+        ``{"loss": [...]}``: per-epoch mean normal flow (squared, units of ``dxdt``).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, ``data`` not a ``TrajectoryData``,
+            ``lr_schedule`` not callable.
+        ValueError: bad ``epochs``, ``batch_size`` or ``lr``.
+    """
+    if not isinstance(model, nn.Module):
+        msg = f"`model` must be an nn.Module with parameters to train, got {type(model).__name__}"
+        raise TypeError(msg)
+    data = _check_data(data)
+    epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
+    batch_size = positive_int(batch_size, "batch_size")
+    x, dxdt = data.points()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return normal_flow_loss(model, x[idx], dxdt[idx])
+
+    return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs, lr=lr,
+                seed=seed, progress=progress, desc="refine",
+                lr_schedule=_check_schedule(lr_schedule))
 
 
 @contextmanager
