@@ -95,7 +95,7 @@ def _describe(values: dict[str, object], phrases: dict[object, str]) -> str:
 
 def _training_note(configs: dict[str, dict]) -> str:
     """How each task's run trained (``RunConfig.anneal``, ``.positives``,
-    ``.invariant_weight_decay``)."""
+    ``.invariant_weight_decay``, ``.refine_steps``)."""
     step = _describe({k: c.get("anneal", False) for k, c in configs.items()}, {
         True: "Adam at 1e-3 annealed to 0 along a cosine over each stage's epochs (the "
               "default; the baseline, ConCerNet and oracle models alike; a task's note "
@@ -107,8 +107,21 @@ def _training_note(configs: dict[str, dict]) -> str:
         "sum": "the contrastive loss is eq. (4) as printed (`--positives sum`)"})
     decays = {k: c.get("invariant_weight_decay", 0.0) for k, c in configs.items()}
     decay = _describe(decays, {v: _decay_phrase(v) for v in decays.values()})
-    return (f"Training: {step}; {loss}; {decay}. The paper's recipe is `--constant-lr "
-            "--positives sum --invariant-weight-decay 0`.")
+    refines = {k: (c.get("refine_steps", 0), c.get("refine_batch_size"), c.get("refine_lr"))
+               for k, c in configs.items()}
+    refine = _describe(refines, {v: _refine_phrase(*v) for v in refines.values()})
+    return (f"Training: {step}; {loss}; {decay}; {refine}. The paper's recipe is "
+            "`--constant-lr --positives sum --invariant-weight-decay 0 --refine-steps 0`.")
+
+
+def _refine_phrase(steps: int, batch: int | None, lr: float | None) -> str:
+    if not steps:
+        return "the contrastive invariant is used as learned, as in the paper"
+    return (f"the contrastive invariant's level sets are then refined against the observed "
+            f"derivatives of the training points, about {steps} Adam steps on batches of "
+            f"{batch} points at {lr:g}, annealed (`refine_invariants`, `--refine-steps`; "
+            "these derivatives are the dynamics stage's data; a task's note names any task "
+            "that does not refine)")
 
 
 def _decay_phrase(value: float) -> str:

@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--invariant-weight-decay", type=float, default=0.3, metavar="W",
                      help="decoupled weight decay of the contrastive stage on standardised "
                           "features (default 0.3; 0 is the paper's)")
+    rep.add_argument("--refine-steps", type=int, default=None, metavar="N",
+                     help="optimiser steps of refining the learned invariant's level sets "
+                          "against the observed derivatives after the contrastive stage "
+                          "(default 1000, 4 with --quick; 0 is the paper's: no refinement)")
     return parser
 
 
@@ -95,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("concernet-ode reproduce: error: --invariant-weight-decay must be a finite "
               f"number >= 0, got {args.invariant_weight_decay}", file=sys.stderr)
         return 2
+    if args.refine_steps is not None and args.refine_steps < 0:
+        print("concernet-ode reproduce: error: --refine-steps must be an integer >= 0, got "
+              f"{args.refine_steps}", file=sys.stderr)
+        return 2
     progress = not args.no_progress
     # The models are small: one thread per process is fastest on a shared machine and makes
     # the numbers independent of --jobs (same summation order in every process).
@@ -102,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = RunConfig.quick(progress) if args.quick else RunConfig(progress=progress)
     config = replace(config, anneal=not args.constant_lr, positives=args.positives,
                      invariant_weight_decay=args.invariant_weight_decay)
+    if args.refine_steps is not None:
+        config = replace(config, refine_steps=args.refine_steps)
     try:
         names = available_tasks() if args.task == "all" else [get_task(args.task).name]
     except ValueError as err:

@@ -86,7 +86,8 @@ NOTES = (
     "the cell width 10/101, its violation by about 100x). `baseline`, `concernet` and "
     "`concernet_manifold` are learned in the 9-d latent space of an autoencoder and "
     "decoded; `oracle` is a full-space MLP (101 -> 101) behind the projection onto the "
-    "true total heat. The latent invariant trains on raw features, without weight decay. "
+    "true total heat. The latent invariant trains on raw features, without weight decay, "
+    "and is not refined (`RunConfig.refine_epochs` applies to spring, chemical and Kepler). "
     "Its invariant R² is measured on 200 fresh noise-free trajectories (20,000 states), not "
     "1000.")
 

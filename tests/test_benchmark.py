@@ -137,3 +137,13 @@ def test_contrastive_stage_schedule_per_task(monkeypatch, task, annealed):
         get_task(task).run_seed(0, RunConfig.quick())
     assert (seen["lr_schedule"] is not None) is annealed
     assert ("constant step" in get_task(task).notes) is not annealed
+
+
+@pytest.mark.parametrize(("n_points", "epochs"), [(750, 500), (1500, 333), (5000, 100),
+                                                  (100_000, 5), (10, 1000)])
+def test_refinement_budget_is_a_number_of_steps(n_points, epochs):
+    # The spring, chemical and Kepler training sets have 750, 1500 and 5000 points.
+    config = RunConfig()
+    assert config.refine_epochs(n_points) == epochs
+    assert RunConfig(refine_steps=3).refine_epochs(100_000) == 1  # at least one epoch
+    assert RunConfig(refine_steps=0).refine_epochs(n_points) == 0

@@ -30,6 +30,8 @@ def test_quick_reproduce_writes_schema(tmp_path, capsys):
     assert doc["config"]["anneal"] is True  # the default: cosine-annealed Adam steps
     assert doc["config"]["positives"] == "mean"
     assert doc["config"]["invariant_weight_decay"] == 0.3
+    assert doc["config"]["refine_steps"] == 4  # --quick's
+    assert "refine" in doc["stage_seconds"][0]
     # the oracle projects onto the true invariant: conserved to solver accuracy
     assert doc["methods"]["oracle"]["violation"][0] < 1e-6
     assert (tmp_path / "spring.png").stat().st_size > 0
@@ -38,6 +40,7 @@ def test_quick_reproduce_writes_schema(tmp_path, capsys):
     assert "Training: Adam at 1e-3 annealed to 0 along a cosine" in table
     assert "averages the log-similarity over each trajectory's pairs" in table
     assert "decoupled weight decay of 0.3" in table
+    assert "about 4 Adam steps on batches of 500 points at 0.001" in table
     assert "spring: wall_seconds" in capsys.readouterr().out
 
 
@@ -62,13 +65,15 @@ def test_module_entry_point_help():
 def test_paper_recipe_is_recorded(tmp_path):
     assert main(["reproduce", "--task", "spring", "--seeds", "0", "--out", str(tmp_path),
                  "--quick", "--no-progress", "--constant-lr", "--positives", "sum",
-                 "--invariant-weight-decay", "0"]) == 0
+                 "--invariant-weight-decay", "0", "--refine-steps", "0"]) == 0
     doc = json.loads((tmp_path / "spring.json").read_text())
     assert doc["config"]["anneal"] is False and doc["config"]["positives"] == "sum"
     assert doc["config"]["invariant_weight_decay"] == 0
+    assert doc["config"]["refine_steps"] == 0 and "refine" not in doc["stage_seconds"][0]
     table = (tmp_path / "table1.md").read_text()
     assert "Training: Adam at a constant 1e-3" in table and "eq. (4) as printed" in table
     assert "no weight decay, as in the paper" in table
+    assert "the contrastive invariant is used as learned, as in the paper" in table
 
 
 def test_negative_weight_decay_is_refused(tmp_path, capsys):
@@ -76,6 +81,12 @@ def test_negative_weight_decay_is_refused(tmp_path, capsys):
                  "--invariant-weight-decay", "-1"]) == 2
     assert "--invariant-weight-decay must be a finite number >= 0, got -1" in (
         capsys.readouterr().err)
+
+
+def test_negative_refine_steps_are_refused(tmp_path, capsys):
+    assert main(["reproduce", "--task", "spring", "--out", str(tmp_path),
+                 "--refine-steps", "-3"]) == 2
+    assert "--refine-steps must be an integer >= 0, got -3" in capsys.readouterr().err
 
 
 class _Stop(Exception):

@@ -29,6 +29,26 @@ def test_zero_for_true_invariants_and_the_radial_flow_otherwise(rng):
         assert float(normal_flow_loss(kepler.invariants, y, kepler.vector_field(0.0, y))) < 1e-24
 
 
+def test_one_invariant_agrees_with_the_general_path(rng):
+    x = torch.randn(40, 3, generator=rng, dtype=torch.float64)
+    v = torch.randn(40, 3, generator=rng, dtype=torch.float64)
+
+    def H(x):
+        return torch.sin(x[..., 0]) * x[..., 1] + x[..., 2].pow(3)
+
+    def twice(x):  # the same invariant twice: its second row is dependent and dropped
+        return torch.stack([H(x), 2 * H(x)], -1)
+
+    torch.testing.assert_close(normal_flow_loss(H, x, v), normal_flow_loss(twice, x, v),
+                               rtol=1e-12, atol=0)
+    # A critical point (zero gradient) counts as no normal flow, on either path.
+    zero = torch.zeros(3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        assert float(normal_flow_loss(_energy, zero, torch.ones_like(zero))) == 0.0
+        assert float(normal_flow_loss(lambda x: torch.stack([_energy(x)] * 2, -1), zero,
+                                      torch.ones_like(zero))) == 0.0
+
+
 def test_depends_on_the_level_sets_only(rng):
     x = torch.randn(30, 3, generator=rng, dtype=torch.float64)
     v = torch.randn(30, 3, generator=rng, dtype=torch.float64)
