@@ -11,7 +11,11 @@ and the contrastive loss of eq. (4) on all ``(B T)^2`` pairs, so the loss's cost
    a plain-autograd reference that masks the full ``(B T, B T)`` matrix for the positives
    (how the loss was first written), with the ratio. The library computes the batch-wide
    denominator with a hand-written backward pass and the positives blockwise (or, for
-   ``"mean"``, from each trajectory's mean).
+   ``"mean"``, from each trajectory's mean);
+3. the loss (``positives="mean"``, B * T = 300) on features of growing scale, with the
+   exponent floor of the batch-wide denominator (``_EXP_FLOOR``) and without it, side by
+   side: raw features of scale 100 (chemical kinetics, the heat latent) put most exponents
+   far below -80, where ``exp`` leaves its vectorised path.
 
     python benchmarks/contrastive_throughput.py [--threads 1] [--float64] [--repeat 20]
 """
@@ -25,7 +29,13 @@ import time
 
 import torch
 
-from concernet_ode import InvariantNet, TrajectoryData, contrastive_invariant_loss, fit_invariants
+from concernet_ode import (
+    InvariantNet,
+    TrajectoryData,
+    contrastive,
+    contrastive_invariant_loss,
+    fit_invariants,
+)
 
 PAPER = [("spring", 10, 30, 2, 1, "tanh"), ("chemical", 10, 30, 2, 1, "relu"),
          ("kepler", 10, 100, 4, 2, "tanh")]
@@ -70,8 +80,11 @@ def fit_steps_per_second(n_traj: int, n_times: int, n: int, m: int, activation: 
     return steps / (time.perf_counter() - start)
 
 
-def loss_ms(loss, n_traj: int, n_times: int, m: int, dtype: torch.dtype, repeat: int) -> float:
-    feats = torch.randn(n_traj, n_times, m, dtype=dtype, requires_grad=True)
+def loss_ms(loss, n_traj: int, n_times: int, m: int, dtype: torch.dtype, repeat: int,
+            scale: float = 1.0) -> float:
+    gen = torch.Generator().manual_seed(0)
+    feats = (scale * torch.randn(n_traj, n_times, m, generator=gen, dtype=dtype)
+             ).requires_grad_(True)
 
     def step() -> None:
         loss(feats).backward()
@@ -117,6 +130,21 @@ def main() -> None:
         bt = 10 * t
         print(f"{bt:>5} {new:>8.3f} {mean:>8.3f} {old:>10.3f} {old / new:>11.2f}"
               f" {old / mean:>12.2f} {1e6 * new / bt**2:>23.3f}")
+
+    print("\ncontrastive loss (positives='mean'), forward + backward, B = 10, T = 30, m = 1: "
+          "features of scale s, exponent floor on and off (interleaved)")
+    print(f"{'s':>6} {'floor ms':>9} {'no floor ms':>12} {'no floor / floor':>17}")
+    floor = contrastive._EXP_FLOOR
+    for scale in (1.0, 10.0, 100.0):
+        on, off = [], []
+        for _ in range(3):
+            contrastive._EXP_FLOOR = floor
+            on.append(loss_ms(mean_loss, 10, 30, 1, dtype, args.repeat, scale))
+            contrastive._EXP_FLOOR = float("-inf")
+            off.append(loss_ms(mean_loss, 10, 30, 1, dtype, args.repeat, scale))
+        contrastive._EXP_FLOOR = floor
+        a, b = statistics.median(on), statistics.median(off)
+        print(f"{scale:>6g} {a:>9.3f} {b:>12.3f} {b / a:>17.2f}")
 
 
 if __name__ == "__main__":
