@@ -12,9 +12,10 @@ Run:  python benchmarks/flow_alignment.py [--systems spring chemical] [--seeds 0
       python benchmarks/flow_alignment.py --table1 [--systems ...] [--seeds ...]
 
 ``--table1`` instead runs the whole Table 1 pipeline (``run_conservative_seed``, the full
-protocol) with the flow term in the invariant's training and prints the ``concernet`` and
-``concernet_manifold`` scores per seed, to compare with the committed ``results/<task>.json``
-(which use the paper's contrastive loss alone).
+protocol) with the flow term in the invariant's training, and without the refinement stage
+(``RunConfig(refine_steps=0)``), and prints the ``concernet`` and ``concernet_manifold``
+scores per seed, to compare with ``concernet-ode reproduce --refine-steps 0`` (the
+contrastive loss alone); the committed ``results/`` refine the invariant instead.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def table1(args) -> None:
     for name in args.systems:
         system = SYSTEMS[name]()
         for seed in args.seeds:
-            res = run_conservative_seed(system, seed, RunConfig(), flow_weight=args.weight,
+            res = run_conservative_seed(system, seed, RunConfig(refine_steps=0),
+                                        flow_weight=args.weight,
                                         **INVARIANT_OPTIONS.get(name, {}))
             r2 = ", ".join(f"{v:.6f}" for v in res.invariant_r2.values())
             for method in ("baseline", "concernet", "concernet_manifold"):

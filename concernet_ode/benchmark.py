@@ -290,11 +290,12 @@ def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConf
     :func:`~concernet_ode.flow_alignment_loss` to it (not the paper's method; 0 in Table 1).
     ``anneal_invariant=False`` keeps the contrastive stage at a constant step even where
     ``config.anneal`` anneals the others; ``decay_invariant=False`` trains it without
-    ``config.invariant_weight_decay``.
+    ``config.invariant_weight_decay``. The refinement stage (``config.refine_steps``) follows
+    the contrastive one whatever these options say.
 
     Every random choice is seeded from ``seed``: the data (``seed``), the initial weights
     (``torch.manual_seed(seed)`` before each model, so all three dynamics models start from
-    the same weights), the batch order (``seed``), the evaluation states
+    the same weights), the batch order (``seed``, in every stage), the evaluation states
     (``10000 + seed``) and the fidelity trajectories (``20000 + seed``).
     """
     clock = StageClock()

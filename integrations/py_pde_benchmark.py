@@ -87,7 +87,7 @@ NOTES = (
     "`concernet_manifold` are learned in the 9-d latent space of an autoencoder and "
     "decoded; `oracle` is a full-space MLP (101 -> 101) behind the projection onto the "
     "true total heat. The latent invariant trains on raw features, without weight decay, "
-    "and is not refined (`RunConfig.refine_epochs` applies to spring, chemical and Kepler). "
+    "and is not refined (`RunConfig.refine_steps` applies to spring, chemical and Kepler). "
     "Its invariant R² is measured on 200 fresh noise-free trajectories (20,000 states), not "
     "1000.")
 
