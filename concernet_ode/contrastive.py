@@ -244,6 +244,19 @@ def ranking_loss(features: torch.Tensor, *, margin: float = 0.0) -> torch.Tensor
     return torch.relu(rise[:, later] + margin).mean()
 
 
+def _jacobian_along(H: Callable, x: torch.Tensor, dxdt: object) -> torch.Tensor:
+    """``dH/dx`` at ``x`` (with a graph when training), once ``dxdt`` is checked against ``x``.
+
+    Shapes:
+        x, dxdt: ``(..., n)``; returns ``(..., m, n)``.
+    """
+    if not isinstance(dxdt, torch.Tensor) or dxdt.shape != x.shape:
+        got = tuple(dxdt.shape) if isinstance(dxdt, torch.Tensor) else type(dxdt).__name__
+        msg = f"`dxdt` must be a tensor of the shape of `x`, {tuple(x.shape)}; got {got}"
+        raise ValueError(msg)
+    return invariant_jacobian(H, x)[1]
+
+
 def flow_alignment_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> torch.Tensor:
     """Mean squared cosine between each invariant's gradient and the observed flow.
 
@@ -265,11 +278,7 @@ def flow_alignment_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> tor
     Shapes:
         x, dxdt: ``(..., n)``; returns ``()``.
     """
-    if not isinstance(dxdt, torch.Tensor) or dxdt.shape != x.shape:
-        got = tuple(dxdt.shape) if isinstance(dxdt, torch.Tensor) else type(dxdt).__name__
-        msg = f"`dxdt` must be a tensor of the shape of `x`, {tuple(x.shape)}; got {got}"
-        raise ValueError(msg)
-    _, jac = invariant_jacobian(H, x)  # (..., m, n), with a graph when training
+    jac = _jacobian_along(H, x, dxdt)
     inner = (jac * dxdt.unsqueeze(-2)).sum(-1)
     norms = jac.pow(2).sum(-1) * dxdt.pow(2).sum(-1, keepdim=True)
     tiny = torch.finfo(jac.dtype).tiny
@@ -303,11 +312,7 @@ def normal_flow_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> torch.
     Shapes:
         x, dxdt: ``(..., n)``; returns ``()``.
     """
-    if not isinstance(dxdt, torch.Tensor) or dxdt.shape != x.shape:
-        got = tuple(dxdt.shape) if isinstance(dxdt, torch.Tensor) else type(dxdt).__name__
-        msg = f"`dxdt` must be a tensor of the shape of `x`, {tuple(x.shape)}; got {got}"
-        raise ValueError(msg)
-    _, jac = invariant_jacobian(H, x)  # (..., m, n), with a graph when training
+    jac = _jacobian_along(H, x, dxdt)
     if jac.shape[-2] == 1:  # one invariant: <g, v>^2 / |g|^2 directly, a quarter cheaper
         g = jac[..., 0, :]
         sq = g.pow(2).sum(-1)

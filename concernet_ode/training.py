@@ -256,6 +256,18 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
                 lr_schedule=_check_schedule(lr_schedule), weight_decay=weight_decay)
 
 
+def _check_point_training(model: object, data: object, epochs: object, lr: object,
+                          batch_size: object) -> tuple[TrajectoryData, int, float, int]:
+    """The checks shared by the trainers that step over points: ``model`` an ``nn.Module``,
+    ``data`` a ``TrajectoryData``, positive ``epochs``, ``lr`` and ``batch_size``."""
+    if not isinstance(model, nn.Module):
+        msg = f"`model` must be an nn.Module with parameters to train, got {type(model).__name__}"
+        raise TypeError(msg)
+    data = _check_data(data)
+    epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
+    return data, epochs, lr, positive_int(batch_size, "batch_size")
+
+
 def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 200,
                       batch_size: int = 100, lr: float = 1e-4, seed: int = 0,
                       progress: bool = True,
@@ -291,12 +303,7 @@ def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 2
             ``lr_schedule`` not callable.
         ValueError: bad ``epochs``, ``batch_size`` or ``lr``.
     """
-    if not isinstance(model, nn.Module):
-        msg = f"`model` must be an nn.Module with parameters to train, got {type(model).__name__}"
-        raise TypeError(msg)
-    data = _check_data(data)
-    epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
-    batch_size = positive_int(batch_size, "batch_size")
+    data, epochs, lr, batch_size = _check_point_training(model, data, epochs, lr, batch_size)
     x, dxdt = data.points()
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
@@ -352,12 +359,7 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
         ValueError: bad ``epochs``, ``batch_size`` or ``lr``.
     """
     check_callable(model, "model")
-    if not isinstance(model, nn.Module):
-        msg = f"`model` must be an nn.Module with parameters to train, got {type(model).__name__}"
-        raise TypeError(msg)
-    data = _check_data(data)
-    epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
-    batch_size = positive_int(batch_size, "batch_size")
+    data, epochs, lr, batch_size = _check_point_training(model, data, epochs, lr, batch_size)
     x, dxdt = data.points()
     arity = field_arity(model)
     t0 = data.t[0]
