@@ -14,7 +14,7 @@ the requested number of steps), and measured before and after:
 - **normal flow**: ``normal_flow_loss`` on the held-out half of the training trajectories
   (their noisy derivatives; isotropic noise of std 0.01 alone gives ``1e-4``).
 - **R^2**: the affine fidelity of each true invariant on 1000 fresh noise-free
-  trajectories, as ``concernet-ode reproduce`` reports it (in float64).
+  trajectories, computed as ``concernet-ode reproduce`` computes it (in float64).
 
     python benchmarks/refinement.py [--systems spring chemical kepler] [--seeds 0 1 2]
         [--steps 1000 3000]
@@ -32,19 +32,15 @@ from dataclasses import replace
 
 import torch
 
-from concernet_ode import (
-    InvariantNet,
-    fit_invariants,
-    invariant_fidelity,
-    normal_flow_loss,
-    refine_invariants,
-)
+from concernet_ode import normal_flow_loss
 from concernet_ode._jacobian import invariant_jacobian
 from concernet_ode.benchmark import (
     EVAL_SEED_OFFSET,
-    FIDELITY_SEED_OFFSET,
     INVARIANT_OPTIONS,
     RunConfig,
+    _fidelity,
+    contrastive_stage,
+    refine_stage,
 )
 from concernet_ode.projection import orthonormal_rows
 from concernet_ode.systems import ChemicalKinetics, Kepler, SpringMass
@@ -61,16 +57,6 @@ def tilt(H, system, x: torch.Tensor) -> tuple[float, float]:
     inside = ((basis @ g.unsqueeze(-1)) * basis).sum(-2)
     sine = (g - inside).norm(dim=-1)
     return float(sine.mean()), float(sine.max())
-
-
-def contrastive(system, seed: int, config: RunConfig, train):
-    """The Table 1 run's contrastive invariant, as ``run_conservative_seed`` trains it."""
-    options = INVARIANT_OPTIONS.get(system.name, {})
-    torch.manual_seed(seed)
-    H = InvariantNet(system.state_dim, system.latent_dim, activation=system.activation)
-    fit_invariants(H, train, epochs=config.contrastive_epochs, batch_size=10, seed=seed,
-                   progress=False, **config.invariant_options(**options))
-    return H
 
 
 def main() -> None:
@@ -94,27 +80,19 @@ def main() -> None:
             x0 = system.sample_initial(100, seed=EVAL_SEED_OFFSET + seed, evaluation=True)
             t = torch.linspace(0, system.eval_t_end, 50, dtype=torch.float64)
             x_eval = system.solve(x0, t).reshape(-1, system.state_dim)
-            clean = system.trajectories(1000, t_end=system.train_t_end,
-                                        n_times=system.train_n_times,
-                                        seed=FIDELITY_SEED_OFFSET + seed)
-            x_clean = clean.x.reshape(-1, system.state_dim)
             xh, vh = held_out.points()
-            base = contrastive(system, seed, config, train)
+            base = contrastive_stage(system, train, seed, config,
+                                     **INVARIANT_OPTIONS.get(name, {}))
             for steps in [0, *args.steps]:
                 H = copy.deepcopy(base)
-                epochs = replace(config, refine_steps=steps).refine_epochs(
-                    train.n_traj * train.n_times)
-                if epochs:
-                    refine_invariants(H, train, epochs=epochs,
-                                      batch_size=config.refine_batch_size,
-                                      lr=config.refine_lr, seed=seed, progress=False,
-                                      lr_schedule=config.schedule(epochs))
+                refined = replace(config, refine_steps=steps)
+                epochs = refined.refine_epochs(train.n_traj * train.n_times)
+                refine_stage(H, train, seed, refined)
                 mean, worst = tilt(H, system, x_eval)
                 with torch.no_grad():
                     normal = float(normal_flow_loss(H, xh, vh))
-                    r2 = invariant_fidelity(copy.deepcopy(H).double()(x_clean),
-                                            system.invariants(x_clean))
-                r2s = ", ".join(f"{v:.7f}" for v in r2.tolist())
+                r2 = _fidelity(system, copy.deepcopy(H).double(), seed)
+                r2s = ", ".join(f"{v:.7f}" for v in r2.values())
                 print(f"| {name} | {seed} | {steps} ({epochs}) | {mean:.2e} | {worst:.2e} | "
                       f"{normal:.3e} | {r2s} |", flush=True)
 

@@ -35,6 +35,7 @@ import torch
 from torchdiffeq import odeint
 
 from ._stacked import StackedField, StackedMLP, fit_stacked_dynamics
+from .data import TrajectoryData
 from .manifold import odeint_projected
 from .metrics import Evaluation, evaluate, invariant_fidelity
 from .models import MLP, InvariantNet
@@ -50,7 +51,9 @@ __all__ = [
     "StageClock",
     "Task",
     "available_tasks",
+    "contrastive_stage",
     "get_task",
+    "refine_stage",
     "register_task",
     "registered_tasks",
     "run_conservative_seed",
@@ -279,6 +282,34 @@ def _fidelity(system: ConservativeSystem, H: torch.nn.Module, seed: int) -> dict
     return dict(zip(system.invariant_names, r2.tolist(), strict=True))
 
 
+def contrastive_stage(system: ConservativeSystem, train: TrajectoryData, seed: int,
+                      config: RunConfig, *, normalize: bool = True, flow_weight: float = 0.0,
+                      anneal_invariant: bool = True,
+                      decay_invariant: bool = True) -> InvariantNet:
+    """The contrastive invariant of one Table 1 seed (options as in
+    :func:`run_conservative_seed`), its initial weights drawn after ``torch.manual_seed(seed)``.
+    """
+    torch.manual_seed(seed)
+    H = InvariantNet(system.state_dim, system.latent_dim, activation=system.activation)
+    fit_invariants(H, train, epochs=config.contrastive_epochs, batch_size=10, seed=seed,
+                   progress=config.progress, flow_weight=flow_weight,
+                   **config.invariant_options(normalize=normalize,
+                                              anneal_invariant=anneal_invariant,
+                                              decay_invariant=decay_invariant))
+    return H
+
+
+def refine_stage(H: torch.nn.Module, train: TrajectoryData, seed: int,
+                 config: RunConfig) -> bool:
+    """Refine ``H`` in place as a Table 1 run does (``config.refine_*``); whether it ran."""
+    epochs = config.refine_epochs(train.n_traj * train.n_times)
+    if epochs:
+        refine_invariants(H, train, epochs=epochs, batch_size=config.refine_batch_size,
+                          lr=config.refine_lr, seed=seed, progress=config.progress,
+                          lr_schedule=config.schedule(epochs))
+    return bool(epochs)
+
+
 def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConfig, *,
                           normalize: bool = True, flow_weight: float = 0.0,
                           anneal_invariant: bool = True,
@@ -301,19 +332,11 @@ def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConf
     clock = StageClock()
     n, act = system.state_dim, system.activation
     train, _ = system.train_data(seed, dtype=torch.float32)
-    torch.manual_seed(seed)
-    H = InvariantNet(n, system.latent_dim, activation=act)
-    fit_invariants(H, train, epochs=config.contrastive_epochs, batch_size=10, seed=seed,
-                   progress=config.progress, flow_weight=flow_weight,
-                   **config.invariant_options(normalize=normalize,
-                                              anneal_invariant=anneal_invariant,
-                                              decay_invariant=decay_invariant))
+    H = contrastive_stage(system, train, seed, config, normalize=normalize,
+                          flow_weight=flow_weight, anneal_invariant=anneal_invariant,
+                          decay_invariant=decay_invariant)
     clock.lap("contrastive")
-    refine_epochs = config.refine_epochs(train.n_traj * train.n_times)
-    if refine_epochs:
-        refine_invariants(H, train, epochs=refine_epochs, batch_size=config.refine_batch_size,
-                          lr=config.refine_lr, seed=seed, progress=config.progress,
-                          lr_schedule=config.schedule(refine_epochs))
+    if refine_stage(H, train, seed, config):
         clock.lap("refine")
     H.requires_grad_(False)
 

@@ -113,9 +113,10 @@ class _LogSumExpOthers(torch.autograd.Function):
         nearest = dist.amin(-1, keepdim=True)  # the largest logit of each row
         # exp(d_min - d_ij), with the exponent floored at _EXP_FLOOR: a sharp kernel (raw
         # features of scale 100, as for chemical kinetics) puts most exponents far below
-        # it, where exp() leaves its vectorised path and costs about 10x more; the floor
-        # changes each row's sum (at least 1) by under P * e^-80 relative, far below the
-        # resolution of float32 or float64.
+        # it, where exp() leaves its vectorised path (the loss is 3x faster for the floor at
+        # that scale: python benchmarks/contrastive_throughput.py); the floor changes each
+        # row's sum (at least 1) by under P * e^-80 relative, far below the resolution of
+        # float32 or float64.
         weights = dist.neg_().add_(nearest).clamp_(min=_EXP_FLOOR).exp_()
         weights.fill_diagonal_(0.0)
         total = weights.sum(-1, keepdim=True)
@@ -313,7 +314,7 @@ def normal_flow_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> torch.
         x, dxdt: ``(..., n)``; returns ``()``.
     """
     jac = _jacobian_along(H, x, dxdt)
-    if jac.shape[-2] == 1:  # one invariant: <g, v>^2 / |g|^2 directly, a quarter cheaper
+    if jac.shape[-2] == 1:  # one invariant: <g, v>^2 / |g|^2, no Gram-Schmidt needed
         g = jac[..., 0, :]
         sq = g.pow(2).sum(-1)
         tiny = torch.finfo(g.dtype).tiny
