@@ -12,10 +12,16 @@ and the contrastive loss of eq. (4) on all ``(B T)^2`` pairs, so the loss's cost
    (how the loss was first written), with the ratio. The library computes the batch-wide
    denominator with a hand-written backward pass and the positives blockwise (or, for
    ``"mean"``, from each trajectory's mean);
-3. the loss (``positives="mean"``, B * T = 300) on features of growing scale, with the
-   exponent floor of the batch-wide denominator (``_EXP_FLOOR``) and without it, side by
+3. the loss (``positives="mean"``, B * T = 300) on trajectory-like features (each trajectory
+   at its own level, times the scale, plus noise 0.05) of growing scale, with the exponent
+   floor of the batch-wide denominator (``_EXP_FLOOR``) and with it moved to -1e4, side by
    side: raw features of scale 100 (chemical kinetics, the heat latent) put most exponents
-   far below -80, where ``exp`` leaves its vectorised path.
+   far below -80;
+4. the batch-wide denominator alone (forward + backward) on the symmetric kernel (the usual
+   path: no row shift, one skinny matrix product back) and on the row-shifted fallback,
+   interleaved, on trajectory-like features (scale 1, standardised); and ``torch.exp``
+   against ``torch.exp2`` on a ``(1000, 1000)`` matrix of exponents in ``[-30, 0]``, which is
+   why the kernel is taken as ``exp2(-d log2 e)``.
 
     python benchmarks/contrastive_throughput.py [--threads 1] [--float64] [--repeat 20]
 """
@@ -80,14 +86,41 @@ def fit_steps_per_second(n_traj: int, n_times: int, n: int, m: int, activation: 
     return steps / (time.perf_counter() - start)
 
 
-def loss_ms(loss, n_traj: int, n_times: int, m: int, dtype: torch.dtype, repeat: int,
-            scale: float = 1.0) -> float:
+def trajectory_features(n_traj: int, n_times: int, m: int, dtype: torch.dtype,
+                        scale: float = 1.0) -> torch.Tensor:
+    """Features as a trained invariant gives them: each trajectory near its own level
+    (``scale`` times a standard normal draw), with noise 0.05 along it."""
     gen = torch.Generator().manual_seed(0)
-    feats = (scale * torch.randn(n_traj, n_times, m, generator=gen, dtype=dtype)
-             ).requires_grad_(True)
+    level = scale * torch.randn(n_traj, 1, m, generator=gen, dtype=dtype)
+    return level + 0.05 * torch.randn(n_traj, n_times, m, generator=gen, dtype=dtype)
+
+
+def loss_ms(loss, n_traj: int, n_times: int, m: int, dtype: torch.dtype, repeat: int,
+            scale: float | None = None) -> float:
+    """Forward + backward of ``loss`` on standard normal features, or on trajectory-like
+    ones of the given ``scale``."""
+    if scale is None:
+        gen = torch.Generator().manual_seed(0)
+        feats = torch.randn(n_traj, n_times, m, generator=gen, dtype=dtype)
+    else:
+        feats = trajectory_features(n_traj, n_times, m, dtype, scale)
+    feats.requires_grad_(True)
 
     def step() -> None:
         loss(feats).backward()
+
+    return 1e3 * seconds(step, repeat)
+
+
+def denominator_ms(n_traj: int, n_times: int, m: int, dtype: torch.dtype, repeat: int, *,
+                   rows_shifted: bool) -> float:
+    """Forward + backward of the batch-wide log-sum-exp on standardised trajectory-like
+    features, forcing a path."""
+    feats = contrastive.standardize_features(trajectory_features(n_traj, n_times, m, dtype))
+    points = feats.reshape(-1, m).requires_grad_(True)
+
+    def step() -> None:
+        contrastive._LogSumExpOthers.apply(points, rows_shifted).sum().backward()
 
     return 1e3 * seconds(step, repeat)
 
@@ -132,19 +165,42 @@ def main() -> None:
               f" {old / mean:>12.2f} {1e6 * new / bt**2:>23.3f}")
 
     print("\ncontrastive loss (positives='mean'), forward + backward, B = 10, T = 30, m = 1: "
-          "features of scale s, exponent floor on and off (interleaved)")
-    print(f"{'s':>6} {'floor ms':>9} {'no floor ms':>12} {'no floor / floor':>17}")
+          "trajectory-like features of scale s, exponent floor at -80 and at -1e4 (interleaved)")
+    print(f"{'s':>6} {'floor ms':>9} {'-1e4 ms':>12} {'-1e4 / floor':>17}")
     floor = contrastive._EXP_FLOOR
     for scale in (1.0, 10.0, 100.0):
         on, off = [], []
         for _ in range(3):
             contrastive._EXP_FLOOR = floor
             on.append(loss_ms(mean_loss, 10, 30, 1, dtype, args.repeat, scale))
-            contrastive._EXP_FLOOR = float("-inf")
+            contrastive._EXP_FLOOR = -1e4
             off.append(loss_ms(mean_loss, 10, 30, 1, dtype, args.repeat, scale))
         contrastive._EXP_FLOOR = floor
         a, b = statistics.median(on), statistics.median(off)
         print(f"{scale:>6g} {a:>9.3f} {b:>12.3f} {b / a:>17.2f}")
+
+    print("\nbatch-wide denominator alone, forward + backward, B = 10 trajectory-like features "
+          "of T points (scale 1, standardised): symmetric kernel and row-shifted fallback "
+          "(interleaved)")
+    print(f"{'B*T':>5} {'m':>2} {'symmetric ms':>13} {'row-shifted ms':>15} "
+          f"{'row-shifted / symmetric':>24}")
+    for t, m in ((30, 1), (100, 1), (100, 2)):
+        sym, shifted = [], []
+        for _ in range(3):
+            sym.append(denominator_ms(10, t, m, dtype, args.repeat, rows_shifted=False))
+            shifted.append(denominator_ms(10, t, m, dtype, args.repeat, rows_shifted=True))
+        a, b = statistics.median(sym), statistics.median(shifted)
+        print(f"{10 * t:>5} {m:>2} {a:>13.3f} {b:>15.3f} {b / a:>24.2f}")
+
+    exponents = -30.0 * torch.rand(1000, 1000, generator=torch.Generator().manual_seed(0),
+                                   dtype=dtype)
+    e, e2 = [], []
+    for _ in range(3):
+        e.append(1e3 * seconds(lambda: torch.exp(exponents), args.repeat))
+        e2.append(1e3 * seconds(lambda: torch.exp2(exponents), args.repeat))
+    a, b = statistics.median(e), statistics.median(e2)
+    print(f"\n(1000, 1000) exponents in [-30, 0]: torch.exp {a:.3f} ms, torch.exp2 {b:.3f} ms,"
+          f" exp / exp2 {a / b:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ must not increase along a trajectory, which fixes the sign that the contrastive 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -64,10 +65,11 @@ def _squared_distances(points: torch.Tensor) -> torch.Tensor:
     matter here -- and never forms a ``(P, P, m)`` tensor.
     """
     sq = None
-    for k in range(points.shape[-1]):
-        col = points[..., k]
-        term = (col.unsqueeze(-1) - col.unsqueeze(-2)).square()
-        sq = term if sq is None else sq + term
+    # Contiguous columns: broadcasting a strided column (m > 1) makes every elementwise op on
+    # the (P, P) result several times slower.
+    for col in points.movedim(-1, 0).contiguous():
+        term = (col.unsqueeze(-1) - col.unsqueeze(-2)).square_()
+        sq = term if sq is None else sq.add_(term)
     return sq
 
 
@@ -91,47 +93,89 @@ def check_positives(positives: object) -> str:
 
 
 _EXP_FLOOR = -80.0
+_LOG2E = math.log2(math.e)
+
+
+def _exp_neg_(dist: torch.Tensor) -> torch.Tensor:
+    """``exp(-dist)`` in place, the exponent floored at ``_EXP_FLOOR``.
+
+    Computed as ``exp2(-dist * log2(e))``: torch's ``exp2`` is about 3.6x faster than its
+    ``exp`` on this project's CPUs (``python benchmarks/contrastive_throughput.py``, last
+    line), for the rounding of one product, of the size of the rounding ``dist`` carries
+    already. The floor keeps every term a normal number, so that a row sum far above
+    ``P e^-80`` is exact to rounding (the test of the symmetric path below); at that
+    benchmark's sizes it costs no time.
+    """
+    return dist.mul_(-_LOG2E).clamp_(min=_EXP_FLOOR * _LOG2E).exp2_()
 
 
 class _LogSumExpOthers(torch.autograd.Function):
     """``L_i = log sum_{j != i} exp(-||h_i - h_j||^2)`` for points ``h`` of shape ``(P, m)``.
 
-    The denominator of eq. (4) over the whole batch, the costly part of the loss. Autograd
-    through the generic ops makes about twenty passes over the ``(P, P)`` matrix; this makes
-    about ten, working in place, with the backward pass written out: with the row softmax
-    ``W_ij = exp(-d_ij) / sum_k exp(-d_ik)`` and incoming gradient ``g``,
+    The denominator of eq. (4) over the whole batch, the costly part of the loss, with its
+    backward pass written out (differentiable once; the trainers never need more).
 
-        dL/dh_a = -2 g_a (h_a - sum_j W_aj h_j) + 2 (sum_i g_i W_ia (h_i - h_a)),
+    Symmetric path (the usual one). The kernel ``K_ij = exp(-||h_i - h_j||^2)`` (``K_ii =
+    0``) is symmetric, so with ``t = K 1`` and ``c = g / t`` for incoming gradient ``g``,
 
-    two matrix products. Differentiable once (the trainers never need more).
+        dL/dh_a = 2 sum_j K_aj (c_a + c_j) (h_j - h_a)
+                = 2 (c_a (K h)_a + (K (c h))_a - h_a (g_a + (K c)_a)),
+
+    one matrix product with ``2m + 1`` columns: about seven passes over the ``(P, P)``
+    matrix in all. It is exact to rounding while every row sum ``t_i`` stays far above the
+    floored terms (``P e^-80`` below ``eps t_i``), which holds whenever each point has a
+    neighbour within a few kernel widths, as its own trajectory's points are.
+
+    Row-shifted path (the fallback, or ``rows_shifted=True``). Where some point is far from
+    all others, its row is shifted by its largest logit first (``log-sum-exp``), and the
+    backward pass uses the row softmax ``W``:
+    ``dL/dh_a = -2 g_a (h_a - sum_j W_aj h_j) + 2 sum_i g_i W_ia (h_i - h_a)``.
+
+    Both work on the points less their mean (the loss depends only on differences), which
+    keeps the sums of the backward pass from cancelling on features far from the origin.
     """
 
     @staticmethod
-    def forward(ctx, points: torch.Tensor) -> torch.Tensor:
-        dist = _squared_distances(points)
+    def forward(ctx, points: torch.Tensor, rows_shifted: bool = False) -> torch.Tensor:
+        centred = points - points.mean(0)
+        if not rows_shifted:
+            kernel = _exp_neg_(_squared_distances(centred))
+            kernel.fill_diagonal_(0.0)
+            total = kernel.sum(-1)
+            floored = points.shape[0] * math.exp(_EXP_FLOOR)
+            if float(total.amin()) * torch.finfo(points.dtype).eps >= floored:
+                ctx.symmetric = True
+                ctx.save_for_backward(centred, kernel, total)
+                return total.log()
+            del kernel, total
+        dist = _squared_distances(centred)
         dist.fill_diagonal_(float("inf"))
         nearest = dist.amin(-1, keepdim=True)  # the largest logit of each row
-        # exp(d_min - d_ij), with the exponent floored at _EXP_FLOOR: a sharp kernel (raw
-        # features of scale 100, as for chemical kinetics) puts most exponents far below
-        # it, where exp() leaves its vectorised path (the loss is 3x faster for the floor at
-        # that scale: python benchmarks/contrastive_throughput.py); the floor changes each
-        # row's sum (at least 1) by under P * e^-80 relative, far below the resolution of
-        # float32 or float64.
-        weights = dist.neg_().add_(nearest).clamp_(min=_EXP_FLOOR).exp_()
+        weights = _exp_neg_(dist.sub_(nearest))
         weights.fill_diagonal_(0.0)
         total = weights.sum(-1, keepdim=True)
         weights.div_(total)  # the row softmax
-        ctx.save_for_backward(points, weights)
+        ctx.symmetric = False
+        ctx.save_for_backward(centred, weights)
         return (total.log() - nearest).squeeze(-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        points, weights = ctx.saved_tensors
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if ctx.symmetric:
+            centred, kernel, total = ctx.saved_tensors
+            c = (grad / total).unsqueeze(-1)
+            m = centred.shape[-1]
+            # (R^T K)^T = K R for symmetric K; torch multiplies a skinny R faster from the left
+            rhs = torch.cat([centred, c * centred, c], dim=-1)
+            kh, kch, kc = (rhs.T @ kernel).T.split([m, m, 1], dim=-1)
+            return 2.0 * (c * kh + kch - centred * (grad.unsqueeze(-1) + kc)), None
+        centred, weights = ctx.saved_tensors
         weights = weights * grad.unsqueeze(-1)  # W_ij g_i; its rows sum to g_i
         col = weights.sum(0).unsqueeze(-1)
         row = grad.unsqueeze(-1)
-        return 2.0 * ((weights @ points) - row * points + weights.T @ points - col * points)
+        return 2.0 * ((weights @ centred) - row * centred + (centred.T @ weights).T
+                      - col * centred), None
 
 
 def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = False,

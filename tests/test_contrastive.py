@@ -173,17 +173,58 @@ def test_positives_must_be_known():
         contrastive_invariant_loss(feats, positives="max")
 
 
+@pytest.mark.parametrize("rows_shifted", [False, True])
 @pytest.mark.parametrize("m", [1, 2])
-def test_batch_denominator_gradient_matches_plain_autograd(m, rng):
-    # The batch-wide log-sum-exp has a hand-written backward pass; check it against autograd
-    # through the generic ops on the same (P, P) matrix.
+def test_batch_denominator_gradient_matches_plain_autograd(m, rows_shifted, rng):
+    # The batch-wide log-sum-exp has a hand-written backward pass (two of them: the
+    # symmetric kernel and the row-shifted fallback); check both against autograd through
+    # the generic ops on the same (P, P) matrix.
     from concernet_ode.contrastive import _LogSumExpOthers, _self_excluded_logits
 
     points = torch.randn(40, m, generator=rng, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(40, generator=rng, dtype=torch.float64)
     ref = torch.logsumexp(_self_excluded_logits(points), dim=-1)
-    got = _LogSumExpOthers.apply(points)
+    got = _LogSumExpOthers.apply(points, rows_shifted)
     assert torch.allclose(got, ref, rtol=0, atol=1e-12)
     (g_ref,) = torch.autograd.grad((ref * weights).sum(), points)
     (g_got,) = torch.autograd.grad((got * weights).sum(), points)
     assert torch.allclose(g_got, g_ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_denominator_falls_back_for_a_point_far_from_all_others(dtype, rng):
+    # One point 30 kernel widths from the rest: its unshifted row sum, e^-900, is far below
+    # the floored terms, so the row-shifted path must take over and stay exact (and finite).
+    from concernet_ode.contrastive import _LogSumExpOthers, _self_excluded_logits
+
+    points = torch.randn(50, 2, generator=rng, dtype=torch.float64)
+    points[7] += 30.0
+    points = points.to(dtype).requires_grad_(True)
+    weights = torch.randn(50, generator=rng, dtype=dtype)
+    ref = torch.logsumexp(_self_excluded_logits(points), dim=-1)
+    got = _LogSumExpOthers.apply(points)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    assert torch.isfinite(got).all() and float(got[7].detach()) < -800
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), points)
+    (g_got,) = torch.autograd.grad((got * weights).sum(), points)
+    torch.testing.assert_close(g_got, g_ref, rtol=tol, atol=tol)
+
+
+def test_batch_denominator_is_translation_invariant_in_float32(rng):
+    # Features far from the origin (raw concentrations near 100) give the same loss and
+    # gradient as the same features near it: the sums work on centred points.
+    from concernet_ode.contrastive import _LogSumExpOthers
+
+    base = torch.randn(300, 1, generator=rng, dtype=torch.float64)
+    weights = torch.randn(300, generator=rng, dtype=torch.float64)
+    out = []
+    for shift in (0.0, 100.0):
+        points = (base + shift).float().requires_grad_(True)
+        loss = _LogSumExpOthers.apply(points)
+        (g,) = torch.autograd.grad((loss * weights.float()).sum(), points)
+        out.append((loss.double(), g.double()))
+    (l0, g0), (l1, g1) = out
+    # float32 rounds the shifted features themselves by up to 4e-6, so compare at that scale
+    torch.testing.assert_close(l1, l0, rtol=0, atol=1e-4)
+    torch.testing.assert_close(g1, g0, rtol=0, atol=1e-4 * float(g0.abs().max()))
