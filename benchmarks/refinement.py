@@ -3,7 +3,7 @@
 For each system and seed, the Table 1 run's invariant (``InvariantNet``, the recipe of
 ``RunConfig`` and ``INVARIANT_OPTIONS``, 1000 epochs) is trained once and then refined with
 ``refine_invariants`` as the Table 1 run does (batches of ``RunConfig.refine_batch_size``
-points, Adam at ``RunConfig.refine_lr`` annealed along a cosine, as many epochs as make about
+points, Adam at the task's peak step annealed along a cosine, as many epochs as make about
 the requested number of steps), and measured before and after:
 
 - **tilt**: how far the learned gradient leaves the span of the true invariants' gradients,
@@ -17,7 +17,10 @@ the requested number of steps), and measured before and after:
   trajectories, computed as ``concernet-ode reproduce`` computes it (in float64).
 
     python benchmarks/refinement.py [--systems spring chemical kepler] [--seeds 0 1 2]
-        [--steps 1000 3000]
+        [--steps 1000 3000] [--lr 1e-3 1e-2]
+
+``--lr`` compares peak steps (default: each task's own, ``RunConfig.refine_lr`` or the
+task's override, ``REFINE_LR``); the held-out normal flow is what chose them.
 
 Each refinement length starts again from the contrastive invariant, so each row is the
 invariant a Table 1 run with ``--refine-steps N`` would use.
@@ -40,6 +43,7 @@ from concernet_ode.benchmark import (
     RunConfig,
     _fidelity,
     contrastive_stage,
+    get_task,
     refine_stage,
 )
 from concernet_ode.projection import orthonormal_rows
@@ -64,16 +68,18 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", nargs="+", type=int, default=[RunConfig.refine_steps])
+    parser.add_argument("--lr", nargs="+", type=float, default=None,
+                        help="peak steps to compare (default: each task's own)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = RunConfig()
     print(f"machine: {platform.machine()}, 1 torch thread; float32 models; torch "
-          f"{torch.__version__}; refine lr {config.refine_lr:g}, batches of "
-          f"{config.refine_batch_size} points")
-    print("| system | seed | refine steps (epochs) | mean tilt | worst tilt | held-out normal "
-          "flow | R^2 |")
-    print("|---|---|---|---|---|---|---|")
+          f"{torch.__version__}; batches of {RunConfig.refine_batch_size} points")
+    print("| system | seed | refine steps (epochs) | peak lr | mean tilt | worst tilt | "
+          "held-out normal flow | R^2 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.systems:
+        config = get_task(name).config_for(RunConfig())
+        lrs = args.lr or [config.refine_lr]
         system = SYSTEMS[name]()
         for seed in args.seeds:
             train, held_out = system.train_data(seed, dtype=torch.float32)
@@ -83,9 +89,10 @@ def main() -> None:
             xh, vh = held_out.points()
             base = contrastive_stage(system, train, seed, config,
                                      **INVARIANT_OPTIONS.get(name, {}))
-            for steps in [0, *args.steps]:
+            runs = [(0, None)] + [(steps, lr) for steps in args.steps for lr in lrs]
+            for steps, lr in runs:
                 H = copy.deepcopy(base)
-                refined = replace(config, refine_steps=steps)
+                refined = replace(config, refine_steps=steps, refine_lr=lr or config.refine_lr)
                 epochs = refined.refine_epochs(train.n_traj * train.n_times)
                 refine_stage(H, train, seed, refined)
                 mean, worst = tilt(H, system, x_eval)
@@ -93,8 +100,8 @@ def main() -> None:
                     normal = float(normal_flow_loss(H, xh, vh))
                 r2 = _fidelity(system, copy.deepcopy(H).double(), seed)
                 r2s = ", ".join(f"{v:.7f}" for v in r2.values())
-                print(f"| {name} | {seed} | {steps} ({epochs}) | {mean:.2e} | {worst:.2e} | "
-                      f"{normal:.3e} | {r2s} |", flush=True)
+                print(f"| {name} | {seed} | {steps} ({epochs}) | {lr or '-'} | {mean:.2e} | "
+                      f"{worst:.2e} | {normal:.3e} | {r2s} |", flush=True)
 
 
 if __name__ == "__main__":

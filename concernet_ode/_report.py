@@ -119,9 +119,8 @@ def _refine_phrase(steps: int, batch: int | None, lr: float | None) -> str:
         return "the contrastive invariant is used as learned, as in the paper"
     return (f"the contrastive invariant's level sets are then refined against the observed "
             f"derivatives of the training points, about {steps} Adam steps on batches of "
-            f"{batch} points at {lr:g}, annealed (`refine_invariants`, `--refine-steps`; "
-            "these derivatives are the dynamics stage's data; a task's note names any task "
-            "that does not refine)")
+            f"{batch} points at a peak step of {lr:g}, annealed (`refine_invariants`, "
+            "`--refine-steps`; these derivatives are the dynamics stage's data)")
 
 
 def _decay_phrase(value: float) -> str:

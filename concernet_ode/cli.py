@@ -52,7 +52,8 @@ def reproduce(task: Task, seeds: Sequence[int], out: Path, config: RunConfig,
         results = [task.run_seed(s, config) for s in tqdm(seeds, desc=task.name,
                                                             disable=not show)]
     wall = time.perf_counter() - start
-    doc = _report.task_summary(task, results, wall, {**asdict(config), "jobs": jobs})
+    doc = _report.task_summary(task, results, wall,
+                               {**asdict(task.config_for(config)), "jobs": jobs})
     (out / f"{task.name}.json").write_text(json.dumps(doc, indent=1))
     _report.write_figure(out, task, results[0])
     return doc

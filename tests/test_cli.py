@@ -40,7 +40,7 @@ def test_quick_reproduce_writes_schema(tmp_path, capsys):
     assert "Training: Adam at 1e-3 annealed to 0 along a cosine" in table
     assert "averages the log-similarity over each trajectory's pairs" in table
     assert "decoupled weight decay of 0.3" in table
-    assert "about 4 Adam steps on batches of 500 points at 0.001" in table
+    assert "about 4 Adam steps on batches of 500 points at a peak step of 0.01" in table
     assert "spring: wall_seconds" in capsys.readouterr().out
 
 
@@ -110,3 +110,31 @@ def test_invariant_weight_decay_reaches_the_contrastive_stage(monkeypatch, task,
     with pytest.raises(_Stop):
         get_task(task).run_seed(0, config)
     assert seen["weight_decay"] == expected
+
+
+@pytest.mark.parametrize(("task", "expected"),
+                         [("spring", 0.01), ("chemical", 0.01), ("kepler", 0.001)])
+def test_refine_step_reaches_the_refinement_stage(monkeypatch, task, expected):
+    # Kepler refines at its own peak step (REFINE_LR), whatever RunConfig.refine_lr says;
+    # the others take the run's.
+    seen = {}
+
+    def spy(model, data, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(benchmark, "refine_invariants", spy)
+    config = dataclasses.replace(benchmark.RunConfig.quick(), contrastive_epochs=1)
+    with pytest.raises(_Stop):
+        get_task(task).run_seed(0, config)
+    assert seen["lr"] == expected
+    assert get_task(task).config_for(config).refine_lr == expected
+
+
+def test_training_note_names_each_tasks_refine_step():
+    from concernet_ode import _report
+
+    configs = {name: dataclasses.asdict(get_task(name).config_for(benchmark.RunConfig()))
+               for name in ("spring", "kepler")}
+    note = _report._training_note(configs)
+    assert "a peak step of 0.01, annealed" in note and "a peak step of 0.001, annealed" in note

@@ -47,3 +47,7 @@ def test_quick_heat_reproduce_writes_schema(tmp_path, capsys):
     assert "| heat | concernet |" in table and "0.098 ± 0.073" in table
     assert "nodal values" in table
     assert "heat: wall_seconds" in capsys.readouterr().out
+
+
+def test_heat_records_that_its_invariant_is_not_refined():
+    assert get_task("heat").config_for(RunConfig()).refine_steps == 0
