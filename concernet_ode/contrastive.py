@@ -99,12 +99,12 @@ _LOG2E = math.log2(math.e)
 def _exp_neg_(dist: torch.Tensor) -> torch.Tensor:
     """``exp(-dist)`` in place, the exponent floored at ``_EXP_FLOOR``.
 
-    Computed as ``exp2(-dist * log2(e))``: torch's ``exp2`` is about 3.6x faster than its
-    ``exp`` on this project's CPUs (``python benchmarks/contrastive_throughput.py``, last
-    line), for the rounding of one product, of the size of the rounding ``dist`` carries
-    already. The floor keeps every term a normal number, so that a row sum far above
-    ``P e^-80`` is exact to rounding (the test of the symmetric path below); at that
-    benchmark's sizes it costs no time.
+    Computed as ``exp2(-dist * log2(e))``: torch's ``exp2`` is 3.0x to 3.8x faster than its
+    ``exp`` on this project's CPUs (three runs of ``python
+    benchmarks/contrastive_throughput.py``, last line), for the rounding of one product, of
+    the size of the rounding ``dist`` carries already. The floor keeps every term a normal
+    number, so that a row sum far above ``P e^-80`` is exact to rounding (the test of the
+    symmetric path below); at that benchmark's sizes it costs no time.
     """
     return dist.mul_(-_LOG2E).clamp_(min=_EXP_FLOOR * _LOG2E).exp2_()
 

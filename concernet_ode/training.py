@@ -281,11 +281,11 @@ def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 2
     starts from the contrastive ``H`` and minimises :func:`~concernet_ode.normal_flow_loss`
     over the training points, the component of each observed ``dxdt`` normal to the level
     sets: exactly the error a projected model could not fit. Keep the stage short (the
-    Table 1 run takes about 1000 steps of 500 points at 1e-3, annealed: ``RunConfig``'s
-    ``refine_*``); the contrastive solution is the starting point and the loss alone does
-    not rule out a degenerate ``H``. This uses the derivative data, which the paper's
-    contrastive step does not (the dynamics stage uses the same data anyway): an extension
-    of its method.
+    Table 1 run takes about 1000 steps of 500 points at 1e-2, Kepler 1e-3, annealed:
+    ``RunConfig``'s ``refine_*``); the contrastive solution is the starting point and the
+    loss alone does not rule out a degenerate ``H``. This uses the derivative data, which
+    the paper's contrastive step does not (the dynamics stage uses the same data anyway): an
+    extension of its method.
 
     Args:
         model: the invariants to refine in place, ``(..., n) -> (..., m)``.
