@@ -93,23 +93,28 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize(("task", "expected"),
-                         [("spring", 0.25), ("chemical", 0.0), ("kepler", 0.0)])
-def test_invariant_weight_decay_reaches_the_contrastive_stage(monkeypatch, task, expected):
-    # Chemical kinetics trains its invariant on raw features, whose scale decay would shrink;
-    # Kepler's one feature followed E less closely with decay (INVARIANT_OPTIONS).
+def _stage_kwargs(monkeypatch, stage: str, task: str, config) -> dict:
+    """The keyword arguments with which ``task``'s seed 0 first calls ``benchmark.<stage>``
+    (the run stops there)."""
     seen = {}
 
     def spy(model, data, **kwargs):
         seen.update(kwargs)
         raise _Stop
 
-    monkeypatch.setattr(benchmark, "fit_invariants", spy)
-    config = benchmark.RunConfig.quick()
-    config = dataclasses.replace(config, invariant_weight_decay=0.25)
+    monkeypatch.setattr(benchmark, stage, spy)
     with pytest.raises(_Stop):
         get_task(task).run_seed(0, config)
-    assert seen["weight_decay"] == expected
+    return seen
+
+
+@pytest.mark.parametrize(("task", "expected"),
+                         [("spring", 0.25), ("chemical", 0.0), ("kepler", 0.0)])
+def test_invariant_weight_decay_reaches_the_contrastive_stage(monkeypatch, task, expected):
+    # Chemical kinetics trains its invariant on raw features, whose scale decay would shrink;
+    # Kepler's one feature followed E less closely with decay (INVARIANT_OPTIONS).
+    config = dataclasses.replace(benchmark.RunConfig.quick(), invariant_weight_decay=0.25)
+    assert _stage_kwargs(monkeypatch, "fit_invariants", task, config)["weight_decay"] == expected
 
 
 @pytest.mark.parametrize(("task", "expected"),
@@ -117,17 +122,8 @@ def test_invariant_weight_decay_reaches_the_contrastive_stage(monkeypatch, task,
 def test_refine_step_reaches_the_refinement_stage(monkeypatch, task, expected):
     # Kepler refines at its own peak step (REFINE_LR), whatever RunConfig.refine_lr says;
     # the others take the run's.
-    seen = {}
-
-    def spy(model, data, **kwargs):
-        seen.update(kwargs)
-        raise _Stop
-
-    monkeypatch.setattr(benchmark, "refine_invariants", spy)
     config = dataclasses.replace(benchmark.RunConfig.quick(), contrastive_epochs=1)
-    with pytest.raises(_Stop):
-        get_task(task).run_seed(0, config)
-    assert seen["lr"] == expected
+    assert _stage_kwargs(monkeypatch, "refine_invariants", task, config)["lr"] == expected
     assert get_task(task).config_for(config).refine_lr == expected
 
 
