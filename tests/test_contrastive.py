@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from concernet_ode import contrastive_invariant_loss
+from concernet_ode.contrastive import standardize_features
 
 
 def naive_loss(features: torch.Tensor) -> float:
@@ -228,3 +229,17 @@ def test_batch_denominator_is_translation_invariant_in_float32(rng):
     # float32 rounds the shifted features themselves by up to 4e-6, so compare at that scale
     torch.testing.assert_close(l1, l0, rtol=0, atol=1e-4)
     torch.testing.assert_close(g1, g0, rtol=0, atol=1e-4 * float(g0.abs().max()))
+
+
+def test_batch_denominator_takes_the_symmetric_path_on_trajectory_like_features(rng):
+    # The fast path must be the usual one: standardised features where each point has its
+    # own trajectory's points nearby (the test above covers the fallback's accuracy).
+    from concernet_ode.contrastive import _LogSumExpOthers
+
+    level = torch.randn(10, 1, 2, generator=rng)
+    feats = standardize_features(level + 0.05 * torch.randn(10, 100, 2, generator=rng))
+    points = feats.reshape(-1, 2).requires_grad_(True)
+    assert _LogSumExpOthers.apply(points).grad_fn.symmetric
+    far = points.detach().clone()
+    far[0] += 40.0
+    assert not _LogSumExpOthers.apply(far.requires_grad_(True)).grad_fn.symmetric
