@@ -20,7 +20,7 @@ the requested number of steps), and measured before and after:
         [--steps 1000 3000] [--lr 1e-3 1e-2]
 
 ``--lr`` compares peak steps (default: each task's own, ``RunConfig.refine_lr`` or the
-task's override, ``REFINE_LR``); the held-out normal flow is what chose them.
+task's override in ``Task.overrides``); the held-out normal flow is what chose them.
 
 Each refinement length starts again from the contrastive invariant, so each row is the
 invariant a Table 1 run with ``--refine-steps N`` would use.

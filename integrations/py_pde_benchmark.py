@@ -235,7 +235,7 @@ def run_heat_seed(seed: int, config: RunConfig, heat: HeatEquation1D | None = No
 
 
 def _run_seed(seed: int, config: RunConfig) -> SeedResult:
-    return run_heat_seed(seed, config)
+    return run_heat_seed(seed, HEAT_TASK.config_for(config))
 
 
 # The latent invariant is not refined: recorded as refine_steps 0 in the task's JSON.

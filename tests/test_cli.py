@@ -120,7 +120,7 @@ def test_invariant_weight_decay_reaches_the_contrastive_stage(monkeypatch, task,
 @pytest.mark.parametrize(("task", "expected"),
                          [("spring", 0.01), ("chemical", 0.01), ("kepler", 0.001)])
 def test_refine_step_reaches_the_refinement_stage(monkeypatch, task, expected):
-    # Kepler refines at its own peak step (REFINE_LR), whatever RunConfig.refine_lr says;
+    # Kepler refines at its own peak step (Task.overrides), whatever RunConfig.refine_lr says;
     # the others take the run's.
     config = dataclasses.replace(benchmark.RunConfig.quick(), contrastive_epochs=1)
     assert _stage_kwargs(monkeypatch, "refine_invariants", task, config)["lr"] == expected
