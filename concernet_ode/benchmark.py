@@ -308,14 +308,15 @@ def contrastive_stage(system: ConservativeSystem, train: TrajectoryData, seed: i
 
 
 def refine_stage(H: torch.nn.Module, train: TrajectoryData, seed: int,
-                 config: RunConfig) -> bool:
-    """Refine ``H`` in place as a Table 1 run does (``config.refine_*``); whether it ran."""
+                 config: RunConfig) -> int:
+    """Refine ``H`` in place as a Table 1 run does (``config.refine_*``); the number of
+    epochs it ran (0: the stage is off)."""
     epochs = config.refine_epochs(train.n_traj * train.n_times)
     if epochs:
         refine_invariants(H, train, epochs=epochs, batch_size=config.refine_batch_size,
                           lr=config.refine_lr, seed=seed, progress=config.progress,
                           lr_schedule=config.schedule(epochs))
-    return bool(epochs)
+    return epochs
 
 
 def run_conservative_seed(system: ConservativeSystem, seed: int, config: RunConfig, *,
