@@ -154,7 +154,7 @@ def main() -> None:
           f" {'masked/mean':>12} {'sum ms / (B*T)^2 * 1e6':>23}")
 
     def mean_loss(feats: torch.Tensor) -> torch.Tensor:
-        return contrastive_invariant_loss(feats, positives="mean")
+        return contrastive_invariant_loss(feats, normalize=False, positives="mean")
 
     for t in (10, 30, 100, 200):
         new = loss_ms(contrastive_invariant_loss, 10, t, 2, dtype, args.repeat)

@@ -3,14 +3,14 @@
 The public names are listed in ``__all__``; everything else is internal.
 """
 
-from .contrastive import (
+from .data import TrajectoryData
+from .latent import LatentAdapter
+from .losses import (
     contrastive_invariant_loss,
     flow_alignment_loss,
     normal_flow_loss,
     ranking_loss,
 )
-from .data import TrajectoryData
-from .latent import LatentAdapter
 from .manifold import ConvergenceError, odeint_projected, project_to_level_set
 from .metrics import conservation_violation, invariant_fidelity, trajectory_mse
 from .models import MLP, Autoencoder, InvariantNet

@@ -1,10 +1,17 @@
-"""Argument checks shared across the package: counts and seeds."""
+"""Argument checks shared across the package: counts, numbers, states and seeds.
+
+Each raises a ``TypeError`` or ``ValueError`` that names the argument, what was given and what
+was expected.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["positive_int", "seed_generator"]
+__all__ = ["check_state_size", "count", "finite_number", "positive_int", "positive_number",
+           "seed_generator"]
 
 
 def positive_int(value: object, name: str) -> int:
@@ -13,6 +20,43 @@ def positive_int(value: object, name: str) -> int:
         msg = f"`{name}` must be a positive int, got {value!r}"
         raise ValueError(msg)
     return value
+
+
+def count(value: object, name: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum`` (not a bool), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        msg = f"`{name}` must be an int >= {minimum}, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def positive_number(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (not a bool), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 < value < math.inf):
+        msg = f"`{name}` must be a finite number > 0, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+def finite_number(value: object, name: str, minimum: float = -math.inf) -> float:
+    """Return ``value`` as a float if it is a finite number >= ``minimum``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            minimum <= value < math.inf):
+        msg = f"`{name}` must be a finite number >= {minimum:g}, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+def check_state_size(x: object, state_dim: int, name: str = "x") -> torch.Tensor:
+    """Return ``x`` if it is a tensor of shape ``(..., state_dim)``, else raise."""
+    if not isinstance(x, torch.Tensor):
+        msg = f"`{name}` must be a torch.Tensor, got {type(x).__name__}"
+        raise TypeError(msg)
+    if x.dim() == 0 or x.shape[-1] != state_dim:
+        msg = f"`{name}` must have shape (..., {state_dim}), got {tuple(x.shape)}"
+        raise ValueError(msg)
+    return x
 
 
 def seed_generator(seed: int | torch.Generator,
@@ -28,3 +72,5 @@ def seed_generator(seed: int | torch.Generator,
         msg = f"`seed` must be an int or a torch.Generator, got {type(seed).__name__}"
         raise TypeError(msg)
     return torch.Generator(device=device).manual_seed(seed)
+
+

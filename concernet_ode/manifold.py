@@ -29,7 +29,7 @@ from ._jacobian import (
     is_closed_form,
     stacked_rows,
 )
-from ._stepper import make_stepper
+from ._torchdiffeq_stepper import make_stepper
 
 __all__ = ["ConvergenceError", "ProjectionInfo", "odeint_projected", "project_to_level_set"]
 

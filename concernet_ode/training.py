@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from ._checks import positive_int
 from ._jacobian import call_field, check_callable, field_arity
-from .contrastive import (
+from .data import TrajectoryData
+from .losses import (
     check_positives,
     contrastive_invariant_loss,
     flow_alignment_loss,
@@ -28,7 +29,6 @@ from .contrastive import (
     ranking_loss,
     standardize_features,
 )
-from .data import TrajectoryData
 from .projection import _GradientConstrainedField
 
 __all__ = ["cosine_schedule", "fit_autoencoder", "fit_dynamics", "fit_invariants",
@@ -131,7 +131,7 @@ def _invariant_loss(model: nn.Module, normalize: bool, ranking_weight: float,
         feats = model(x)
         if normalize:
             feats = standardize_features(feats)
-        total = contrastive_invariant_loss(feats, positives=positives)
+        total = contrastive_invariant_loss(feats, normalize=False, positives=positives)
         if ranking_weight > 0:
             total = total + ranking_weight * ranking_loss(feats, margin=ranking_margin)
         if flow_weight > 0:
@@ -141,10 +141,17 @@ def _invariant_loss(model: nn.Module, normalize: bool, ranking_weight: float,
     return loss
 
 
-def _check_schedule(lr_schedule: object) -> Callable[[int], float] | None:
-    if lr_schedule is not None and not callable(lr_schedule):
-        msg = ("`lr_schedule` must be None or a callable epoch -> factor of `lr` (as for "
-               f"torch.optim.lr_scheduler.LambdaLR), got {type(lr_schedule).__name__}")
+Schedule = Callable[[int], float] | str | None
+
+
+def _check_schedule(lr_schedule: object, epochs: int) -> Callable[[int], float] | None:
+    """The ``LambdaLR`` factor of a trainer's ``lr_schedule`` argument over ``epochs``."""
+    if lr_schedule == "cosine":
+        return cosine_schedule(epochs)
+    if lr_schedule is not None and (isinstance(lr_schedule, str) or not callable(lr_schedule)):
+        msg = ("`lr_schedule` must be \"cosine\", None (a constant step) or a callable epoch "
+               "-> factor of `lr` (as for torch.optim.lr_scheduler.LambdaLR), got "
+               f"{lr_schedule!r} of type {type(lr_schedule).__name__}")
         raise TypeError(msg)
     return lr_schedule
 
@@ -167,13 +174,20 @@ def _check_weight(value: object, name: str) -> float:
     return float(value)
 
 
+def _default_positives(positives: str | None, ranking_weight: object) -> str | object:
+    """``fit_invariants``'s form of the positive term when ``positives`` is ``None``."""
+    if positives is not None:
+        return positives
+    return "sum" if isinstance(ranking_weight, (int, float)) and ranking_weight > 0 else "mean"
+
+
 def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000,
                    batch_size: int = 10, lr: float = 1e-3, normalize: bool = True,
                    seed: int = 0, progress: bool = True,
                    val_data: TrajectoryData | None = None, ranking_weight: float = 0.0,
                    ranking_margin: float = 0.0, flow_weight: float = 0.0,
-                   lr_schedule: Callable[[int], float] | None = None,
-                   positives: str = "sum", weight_decay: float = 0.0) -> History:
+                   lr_schedule: Schedule = "cosine",
+                   positives: str | None = None, weight_decay: float = 0.3) -> History:
     """Train ``model`` to output invariants of the trajectories in ``data`` (eqs. (4), (8)).
 
     Each step takes ``batch_size`` whole trajectories and minimises
@@ -199,22 +213,23 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
         flow_weight: weight of :func:`~concernet_ode.flow_alignment_loss`, which also asks
             ``grad H`` to be orthogonal to the observed ``dxdt`` (an extension of the paper's
             method that uses the derivative data; 0, the default, leaves it out).
-        lr_schedule: ``epoch -> factor`` of ``lr`` (``torch.optim.lr_scheduler.LambdaLR``),
-            e.g. :func:`cosine_schedule`; ``None`` (the default, the paper's) keeps it constant.
-        positives: ``"sum"`` (eq. (4)) or ``"mean"``, the form that makes every trajectory
-            collapse (see :func:`~concernet_ode.contrastive_invariant_loss`; use it for
-            ``m >= 2``).
+        lr_schedule: ``"cosine"`` (the default: the step falls from ``lr`` to 0 along
+            :func:`cosine_schedule` over ``epochs``), ``None`` (a constant step, the paper's)
+            or a callable ``epoch -> factor`` of ``lr`` (``torch.optim.lr_scheduler.LambdaLR``).
+            At a constant step Adam keeps jittering around the minimum of a noisy loss.
+        positives: ``"mean"`` (the log-similarity averaged over a trajectory's pairs, so that
+            every trajectory collapses; needed for ``m >= 2``) or ``"sum"`` (eq. (4) as
+            printed); see :func:`~concernet_ode.contrastive_invariant_loss`. ``None`` (the
+            default) takes ``"mean"``, or ``"sum"`` with a ranking loss: a trajectory that
+            must decrease needs the room along it that ``"sum"`` leaves, and under
+            ``"mean"`` the ranking term can fail to fix the sign.
         weight_decay: decoupled weight decay (AdamW) of the weight matrices (not the
-            biases); 0, the default and the paper's, leaves it out. The loss fixes the
-            learned invariant only up to an invertible map; decay favours the map a
-            small-weight network draws most easily, the least curved function of the state,
-            and so an invariant near the lowest-degree conserved polynomial where there is
-            one (the spring's ``q^2 + p^2``: ``python benchmarks/invariant_fidelity.py
-            --recipe table1``, with and without ``--weight-decay 0``). It was chosen with
-            ``positives="mean"``; with eq. (4) as printed it helps too, a little less (the
-            README's "Learning invariants" has both). On raw (``normalize=False``) features decay
-            also shrinks their scale, which sets the similarity kernel's width: leave it out
-            there.
+            biases); 0 is the paper's. The loss fixes the learned invariant only up to an
+            invertible map; decay favours the map a small-weight network draws most easily,
+            the least curved function of the state, and so an invariant near the
+            lowest-degree conserved polynomial where there is one (the spring's
+            ``q^2 + p^2``). On raw (``normalize=False``) features decay also shrinks their
+            scale, which sets the similarity kernel's width: pass 0 there.
 
     Returns:
         ``{"loss": [...], "val_loss": [...]}``: per-epoch mean losses.
@@ -235,7 +250,7 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
     loss = _invariant_loss(model, normalize, _check_weight(ranking_weight, "ranking_weight"),
                            _check_weight(ranking_margin, "ranking_margin"),
                            _check_weight(flow_weight, "flow_weight"),
-                           check_positives(positives))
+                           check_positives(_default_positives(positives, ranking_weight)))
     weight_decay = _check_weight(weight_decay, "weight_decay")
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
@@ -253,7 +268,7 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
 
     return _run(model.parameters(), data.n_traj, batch_size, batch_loss, epochs=epochs, lr=lr,
                 seed=seed, progress=progress, desc="invariants", val_loss=val_loss,
-                lr_schedule=_check_schedule(lr_schedule), weight_decay=weight_decay)
+                lr_schedule=_check_schedule(lr_schedule, epochs), weight_decay=weight_decay)
 
 
 def _check_point_training(model: object, data: object, epochs: object, lr: object,
@@ -270,8 +285,7 @@ def _check_point_training(model: object, data: object, epochs: object, lr: objec
 
 def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 200,
                       batch_size: int = 100, lr: float = 1e-4, seed: int = 0,
-                      progress: bool = True,
-                      lr_schedule: Callable[[int], float] | None = None) -> History:
+                      progress: bool = True, lr_schedule: Schedule = "cosine") -> History:
     """Refine learned invariants so their level sets contain the observed flow.
 
     The contrastive loss sees states only: it makes ``H`` nearly constant along each training
@@ -281,8 +295,8 @@ def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 2
     starts from the contrastive ``H`` and minimises :func:`~concernet_ode.normal_flow_loss`
     over the training points, the component of each observed ``dxdt`` normal to the level
     sets: exactly the error a projected model could not fit. Keep the stage short (the
-    Table 1 run takes about 1000 steps of 500 points at 1e-2, Kepler 1e-3, annealed:
-    ``RunConfig``'s ``refine_*``); the contrastive solution is the starting point and the
+    Table 1 recipe's ``refine_*`` fields say how it runs there); the contrastive solution is
+    the starting point and the
     loss alone does not rule out a degenerate ``H``. This uses the derivative data, which
     the paper's contrastive step does not (the dynamics stage uses the same data anyway): an
     extension of its method.
@@ -295,7 +309,8 @@ def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 2
         lr: Adam learning rate.
         seed: seeds the order of the points.
         progress: show a tqdm bar (only when stderr is a terminal).
-        lr_schedule: ``epoch -> factor`` of ``lr``, as in :func:`fit_invariants`.
+        lr_schedule: ``"cosine"`` (default), ``None`` or ``epoch -> factor`` of ``lr``, as in
+            :func:`fit_invariants`.
 
     Returns:
         ``{"loss": [...]}``: per-epoch mean normal flow (squared, units of ``dxdt``).
@@ -313,7 +328,7 @@ def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 2
 
     return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs, lr=lr,
                 seed=seed, progress=progress, desc="refine",
-                lr_schedule=_check_schedule(lr_schedule))
+                lr_schedule=_check_schedule(lr_schedule, epochs))
 
 
 @contextmanager
@@ -335,7 +350,7 @@ def _frozen(module: object, freeze: bool) -> Iterator[None]:
 def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
                  batch_size: int = 100, lr: float = 1e-3, seed: int = 0,
                  progress: bool = True, train_invariants: bool = False,
-                 lr_schedule: Callable[[int], float] | None = None) -> History:
+                 lr_schedule: Schedule = "cosine") -> History:
     """Fit a vector field to the derivatives in ``data`` by mean squared error over points.
 
     Args:
@@ -350,7 +365,8 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
         train_invariants: for a ``ProjectedVectorField`` (or ``DissipativeVectorField``), also
             train its invariant (or ``V``) network;
             by default it stays frozen (the ConCerNet recipe: learn ``H`` first, then ``f``).
-        lr_schedule: ``epoch -> factor`` of ``lr``, as in :func:`fit_invariants`.
+        lr_schedule: ``"cosine"`` (default), ``None`` or ``epoch -> factor`` of ``lr``, as in
+            :func:`fit_invariants`.
 
     Returns:
         ``{"loss": [...]}``: per-epoch mean squared errors.
@@ -374,13 +390,13 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
     with _frozen(model.invariants if freeze else None, freeze):
         return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
                     lr=lr, seed=seed, progress=progress, desc="dynamics",
-                    lr_schedule=_check_schedule(lr_schedule))
+                    lr_schedule=_check_schedule(lr_schedule, epochs))
 
 
 def fit_autoencoder(autoencoder: nn.Module, data: TrajectoryData | torch.Tensor, *,
                     epochs: int = 1000, batch_size: int = 100, lr: float = 1e-3,
                     seed: int = 0, progress: bool = True,
-                    lr_schedule: Callable[[int], float] | None = None) -> History:
+                    lr_schedule: Schedule = "cosine") -> History:
     """Train an autoencoder on states by mean squared reconstruction error.
 
     Args:
@@ -406,4 +422,4 @@ def fit_autoencoder(autoencoder: nn.Module, data: TrajectoryData | torch.Tensor,
 
     return _run(autoencoder.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
                 lr=lr, seed=seed, progress=progress, desc="autoencoder",
-                lr_schedule=_check_schedule(lr_schedule))
+                lr_schedule=_check_schedule(lr_schedule, epochs))

@@ -16,7 +16,8 @@ centres from -4.95 to 4.95 rather than nodes from -5 to 5). The total heat is th
 grid integral ``dx * sum(u)`` (:meth:`HeatEquation1D.invariants`); the paper's violation metric
 uses the plain nodal sum ``sum(u)`` (:meth:`HeatEquation1D.nodal_sum`), larger by ``1 / dx``.
 
-Only this module imports py-pde; :mod:`concernet_ode` never does.
+Only this module imports py-pde; the library core never does (the Table 1 application,
+:mod:`concernet_ode.reproduce`, reaches py-pde through this module).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from pde.solvers import Controller, RungeKuttaSolver
 from tqdm.auto import tqdm
 
+from concernet_ode._checks import count, finite_number, positive_number, seed_generator
 from concernet_ode.data import TrajectoryData
 from concernet_ode.systems import ConservativeSystem
 
@@ -77,31 +79,13 @@ def _py_pde_setup(n_nodes: int, domain: tuple[float, float], diffusivity: float,
     return grid, equation, _ReusedStepperSolver(equation, tolerance)
 
 
-def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        msg = f"`{name}` must be an int >= {minimum}, got {value!r}"
-        raise ValueError(msg)
-    return value
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            0 < value < math.inf):
-        msg = f"`{name}` must be a finite number > 0, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
-
-
 class HeatEquation1D(ConservativeSystem):
     """``u_t = D u_yy`` on an interval with insulated ends; total heat is conserved.
 
     Initial states are Gaussian bumps ``u0(y) = exp(-(y - c)^2 / (2 w^2))`` with centre
     ``c ~ U(-1, 1)`` and width ``w = 0.25 * U(0.5, 2)`` (the paper's protocol; ``w`` is taken
     as the standard deviation of the bump and its peak is 1). Training: 200 trajectories on
-    ``[0, 10]`` at 100 points; evaluation: 10 on ``[0, 1]`` at 1001 points. The paper learns
-    this system in the 9-dimensional latent space of an autoencoder 101 -> 32 -> 16 -> 9
-    (``autoencoder_latent_dim``, ``autoencoder_hidden``) and trains its dynamics for 200
-    epochs (``dynamics_epochs``).
+    ``[0, 10]`` at 100 points; evaluation: 10 on ``[0, 1]`` at 1001 points.
 
     Args:
         n_nodes: number of grid cells (the state dimension).
@@ -126,24 +110,21 @@ class HeatEquation1D(ConservativeSystem):
     invariant_names = ("total heat",)
     train_traj, train_t_end, train_n_times = 200, 10.0, 100
     eval_t_end = 1.0
-    autoencoder_latent_dim = 9
-    autoencoder_hidden = (32, 16)
-    dynamics_epochs = 200
     centre_range = (-1.0, 1.0)
     width_scale = 0.25
     width_range = (0.5, 2.0)
 
     def __init__(self, n_nodes: int = 101, domain: Sequence[float] = (-5.0, 5.0),
                  diffusivity: float = 1.0, *, tolerance: float = 1e-9) -> None:
-        n_nodes = _check_positive_int(n_nodes, "n_nodes", minimum=3)
+        n_nodes = count(n_nodes, "n_nodes", minimum=3)
         if len(domain) != 2 or not all(math.isfinite(v) for v in domain) or (
                 domain[0] >= domain[1]):
             msg = f"`domain` must be a finite interval (a, b) with a < b, got {domain!r}"
             raise ValueError(msg)
         self.state_names = tuple(f"u{i}" for i in range(n_nodes))
         self.domain = (float(domain[0]), float(domain[1]))
-        self.diffusivity = _check_positive(diffusivity, "diffusivity")
-        self.tolerance = _check_positive(tolerance, "tolerance")
+        self.diffusivity = positive_number(diffusivity, "diffusivity")
+        self.tolerance = positive_number(tolerance, "tolerance")
         self.grid, self.equation, self._solver = _py_pde_setup(
             n_nodes, self.domain, self.diffusivity, self.tolerance)
         self.cell_width = (self.domain[1] - self.domain[0]) / n_nodes
@@ -274,19 +255,11 @@ class HeatEquation1D(ConservativeSystem):
         Shapes:
             returns ``t: (T,)``, ``x, dxdt: (N, T, n_nodes)``.
         """
-        n_traj = _check_positive_int(n_traj, "n_traj")
-        n_times = _check_positive_int(n_times, "n_times", minimum=2)
-        t_end = _check_positive(t_end, "t_end")
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (
-                0 <= noise < math.inf):
-            msg = f"`noise` must be a finite number >= 0, got {noise!r}"
-            raise ValueError(msg)
-        gen = seed
-        if not isinstance(seed, torch.Generator):
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                msg = f"`seed` must be an int or a torch.Generator, got {type(seed).__name__}"
-                raise TypeError(msg)
-            gen = torch.Generator().manual_seed(seed)
+        n_traj = count(n_traj, "n_traj")
+        n_times = count(n_times, "n_times", minimum=2)
+        t_end = positive_number(t_end, "t_end")
+        finite_number(noise, "noise", 0.0)
+        gen = seed_generator(seed)
         x0 = self.sample_initial(n_traj, seed=gen, evaluation=evaluation)
         t = torch.linspace(0.0, t_end, n_times, dtype=torch.float64)
         x = self.solve(x0, t, progress=progress)

@@ -12,7 +12,7 @@ from concernet_ode import (
     odeint_projected,
     project_to_level_set,
 )
-from concernet_ode._stepper import RKStepper, make_stepper
+from concernet_ode._torchdiffeq_stepper import RKStepper, make_stepper
 from concernet_ode.manifold import ProjectionInfo
 from concernet_ode.systems import Kepler, SpringMass
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from integrations.py_pde import HeatEquation1D
+from concernet_ode.integrations.py_pde import HeatEquation1D
 
 pde = pytest.importorskip("pde")
 

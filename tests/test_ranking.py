@@ -136,7 +136,8 @@ def test_validation_loss_includes_the_ranking_term(damped_data):
     rising = TrajectoryData(train.t, train.x.flip(1), train.dxdt.flip(1))  # time reversed
     torch.manual_seed(0)
     model = InvariantNet(2, 1, hidden=8)
-    plain = fit_invariants(model, train, epochs=1, lr=1e-12, progress=False, val_data=rising)
+    plain = fit_invariants(model, train, epochs=1, lr=1e-12, progress=False, val_data=rising,
+                           positives="sum")
     torch.manual_seed(0)
     model = InvariantNet(2, 1, hidden=8)
     ranked = fit_invariants(model, train, epochs=1, lr=1e-12, progress=False, val_data=rising,

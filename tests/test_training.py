@@ -13,6 +13,7 @@ from concernet_ode import (
     InvariantNet,
     ProjectedVectorField,
     TrajectoryData,
+    cosine_schedule,
     fit_autoencoder,
     fit_dynamics,
     fit_invariants,
@@ -205,8 +206,9 @@ def test_spring_protocol_reaches_the_fidelity_target():
     system = SpringMass()
     train, _ = system.train_data(0, dtype=torch.float32)
     torch.manual_seed(0)
-    net = InvariantNet(2, 1, activation=system.activation)
-    fit_invariants(net, train, epochs=1000, batch_size=10, lr=1e-3, seed=0, progress=False)
+    net = InvariantNet(2, 1)
+    fit_invariants(net, train, epochs=1000, batch_size=10, lr=1e-3, seed=0, progress=False,
+                   positives="sum", weight_decay=0.0, lr_schedule=None)
     fresh = system.trajectories(1000, t_end=3.0, n_times=30, seed=10_000, dtype=torch.float32)
     x = fresh.x.reshape(-1, 2)
     with torch.no_grad():
@@ -225,9 +227,9 @@ def test_spring_protocol_with_weight_decay_reaches_the_fidelity_target(recipe):
     system = SpringMass()
     train, _ = system.train_data(0, dtype=torch.float32)
     torch.manual_seed(0)
-    net = InvariantNet(2, 1, activation=system.activation)
-    options = {} if recipe == "paper" else {"positives": "mean",
-                                            "lr_schedule": cosine_schedule(1000)}
+    net = InvariantNet(2, 1)
+    options = ({"positives": "sum", "lr_schedule": None} if recipe == "paper"
+               else {"positives": "mean", "lr_schedule": cosine_schedule(1000)})
     fit_invariants(net, train, epochs=1000, batch_size=10, lr=1e-3, seed=0, progress=False,
                    weight_decay=0.3, **options)
     fresh = system.trajectories(1000, t_end=3.0, n_times=30, seed=10_000, dtype=torch.float32)
@@ -266,14 +268,31 @@ def test_lr_schedule_reaches_the_optimiser(spring_data):
 
 
 @pytest.mark.parametrize("fit", ["invariants", "dynamics", "autoencoder"])
-def test_lr_schedule_must_be_callable(spring_data, fit):
-    match = r"`lr_schedule` must be None or a callable epoch -> factor.*got float"
+@pytest.mark.parametrize(("schedule", "got"), [(0.5, "0.5 of type float"),
+                                               ("linear", "'linear' of type str")])
+def test_lr_schedule_must_be_cosine_none_or_callable(spring_data, fit, schedule, got):
+    match = (r'`lr_schedule` must be "cosine", None \(a constant step\) or a callable epoch '
+             rf"-> factor.*got {got}")
     with pytest.raises(TypeError, match=match):
         if fit == "invariants":
-            fit_invariants(InvariantNet(2, 1), spring_data, epochs=1, lr_schedule=0.5,
+            fit_invariants(InvariantNet(2, 1), spring_data, epochs=1, lr_schedule=schedule,
                            progress=False)
         elif fit == "dynamics":
-            fit_dynamics(MLP(2, 2), spring_data, epochs=1, lr_schedule=0.5, progress=False)
+            fit_dynamics(MLP(2, 2), spring_data, epochs=1, lr_schedule=schedule,
+                         progress=False)
         else:
             fit_autoencoder(Autoencoder(2, 1, hidden=(4,)), spring_data, epochs=1,
-                            lr_schedule=0.5, progress=False)
+                            lr_schedule=schedule, progress=False)
+
+
+def test_default_schedule_is_the_cosine_over_the_epochs(spring_data):
+    """The recommended recipe anneals every stage; the default is that cosine."""
+    runs = []
+    for schedule in ("cosine", cosine_schedule(4), None):
+        torch.manual_seed(0)
+        g = MLP(2, 2, hidden=8)
+        fit_dynamics(g, spring_data, epochs=4, batch_size=10, lr=1e-2, progress=False,
+                     **({} if schedule == "cosine" else {"lr_schedule": schedule}))
+        runs.append(_params(g))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))

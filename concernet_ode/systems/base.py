@@ -9,27 +9,10 @@ from typing import ClassVar
 import torch
 from torchdiffeq import odeint
 
-from .._checks import seed_generator
+from .._checks import check_state_size, count, seed_generator
 from ..data import TrajectoryData
 
 __all__ = ["ConservativeSystem"]
-
-
-def _count(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        msg = f"`{name}` must be an int >= {minimum}, got {value!r}"
-        raise ValueError(msg)
-    return value
-
-
-def _check_state(x: object, state_dim: int, name: str = "x") -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        msg = f"`{name}` must be a torch.Tensor, got {type(x).__name__}"
-        raise TypeError(msg)
-    if x.dim() == 0 or x.shape[-1] != state_dim:
-        msg = f"`{name}` must have shape (..., {state_dim}), got {tuple(x.shape)}"
-        raise ValueError(msg)
-    return x
 
 
 class ConservativeSystem(ABC):
@@ -41,8 +24,7 @@ class ConservativeSystem(ABC):
     Protocol constants (the paper's Table 1 setup, see ``design.md``):
         ``train_traj`` trajectories (half held out) on ``[0, train_t_end]`` at
         ``train_n_times`` points, with Gaussian noise ``noise`` on states and derivatives;
-        ``eval_traj`` trajectories on ``[0, eval_t_end]`` at ``eval_n_times`` points;
-        ``activation`` of the MLPs; ``latent_dim``, the number of invariants learned.
+        ``eval_traj`` trajectories on ``[0, eval_t_end]`` at ``eval_n_times`` points.
     """
 
     name: ClassVar[str]
@@ -56,8 +38,6 @@ class ConservativeSystem(ABC):
     eval_n_times: ClassVar[int] = 1001
     noise: ClassVar[float] = 0.01
     test_fraction: ClassVar[float] = 0.5
-    activation: ClassVar[str] = "tanh"
-    latent_dim: ClassVar[int] = 1
     # Accuracy of the reference solutions (the authors used rtol 1e-10 with atol 1e-6).
     rtol: ClassVar[float] = 1e-11
     atol: ClassVar[float] = 1e-12
@@ -90,7 +70,7 @@ class ConservativeSystem(ABC):
         Shapes:
             x: ``(..., n)``; returns ``(..., n)`` in ``x``'s dtype and device.
         """
-        return self._field(_check_state(x, self.state_dim))
+        return self._field(check_state_size(x, self.state_dim))
 
     def invariants(self, x: torch.Tensor) -> torch.Tensor:
         """The true conserved quantities, in the order of ``invariant_names``.
@@ -98,7 +78,7 @@ class ConservativeSystem(ABC):
         Shapes:
             x: ``(..., n)``; returns ``(..., m)``.
         """
-        return self._invariants(_check_state(x, self.state_dim))
+        return self._invariants(check_state_size(x, self.state_dim))
 
     def sample_initial(self, n: int, *, seed: int | torch.Generator,
                        evaluation: bool = False, dtype: torch.dtype = torch.float64,
@@ -122,11 +102,11 @@ class ConservativeSystem(ABC):
         Shapes:
             returns ``(n, state_dim)``.
         """
-        n = _count(n, "n")
+        n = count(n, "n")
         return self._sample(n, seed_generator(seed), bool(evaluation)).to(dtype)
 
     def _check_x0(self, x0: object) -> torch.Tensor:
-        x0 = _check_state(x0, self.state_dim, "x0")
+        x0 = check_state_size(x0, self.state_dim, "x0")
         if x0.dim() != 2:
             msg = f"`x0` must have shape (N, {self.state_dim}), got {tuple(x0.shape)}"
             raise ValueError(msg)
@@ -168,7 +148,7 @@ class ConservativeSystem(ABC):
         Shapes:
             returns ``t: (T,)``, ``x, dxdt: (N, T, n)``.
         """
-        n_times = _count(n_times, "n_times", 2)
+        n_times = count(n_times, "n_times", 2)
         if not (isinstance(t_end, (int, float)) and 0 < t_end < math.inf):
             msg = f"`t_end` must be a positive finite number, got {t_end!r}"
             raise ValueError(msg)

@@ -27,7 +27,7 @@ class ChemicalKinetics(ConservativeSystem):
     reading that matches the stated range. Training: 100 trajectories on ``[0, 3]`` at 30
     points; evaluation: 10 on ``[0, 10]`` at 1001 points. Trajectories are exact (the system
     is linear: ``A + C`` is constant and ``A`` relaxes to ``k2 (A + C) / (k1 + k2)`` at rate
-    ``k1 + k2``). The paper's models use ReLU here.
+    ``k1 + k2``).
 
     Shapes:
         states ``(..., 2)`` ordered ``(A, C)``; invariants ``(..., 1)``.
@@ -38,7 +38,6 @@ class ChemicalKinetics(ConservativeSystem):
     invariant_names = ("A + C",)
     train_traj, train_t_end, train_n_times = 100, 3.0, 30
     eval_t_end = 10.0
-    activation = "relu"
     radius = (0.1, 100.1)
     k1 = 10 * math.exp(-5.74e3 / (_GAS_CONSTANT * _TEMPERATURE))
     k2 = 10 * math.exp(-7.47e3 / (_GAS_CONSTANT * _TEMPERATURE))

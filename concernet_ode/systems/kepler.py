@@ -21,15 +21,6 @@ class Kepler(ConservativeSystem):
     evaluation: 10 on ``[0, 5]`` at 1001 points. Reference solutions are computed with an
     8th-order adaptive method in float64 (all trajectories in one solve).
 
-    One invariant is learned by default (``latent_dim = 1``; the paper tried 1 and 2). Two
-    features are learned well only with ``positives="mean"`` (R^2 0.69-0.83 against E,
-    0.94-0.99 against L: ``python benchmarks/invariant_fidelity.py --systems kepler
-    --recipe table1``; with ``--weight-decay 0.3``, E 0.89-0.92, L 0.99, and 0.98 against the
-    semi-major axis ``-1/(2E)``, which the features follow rather than E itself), and
-    projecting a learned model onto two learned invariants still diverged on some evaluation
-    orbits; with one feature the learned invariant is mostly L
-    (R^2 0.98-0.99 against L, 0.73-0.81 against E in ``results/kepler.json``).
-
     Shapes:
         states ``(..., 4)`` ordered ``(x, y, vx, vy)``; invariants ``(..., 2)``.
     """
@@ -39,7 +30,6 @@ class Kepler(ConservativeSystem):
     invariant_names = ("E", "L")
     train_traj, train_t_end, train_n_times = 100, 10.0, 100
     eval_t_end = 5.0
-    latent_dim = 1
     radius = (0.1, 1.0)
     speed_factor = (1.0, 1.3)
 

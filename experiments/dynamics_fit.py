@@ -24,10 +24,10 @@ would: the mean squared error of the derivatives, and of a rollout from each hel
 trajectory's first (noisy) state over the training horizon. ``--model baseline`` trains the
 plain MLP (no projection) instead of the oracle.
 
-    python benchmarks/dynamics_fit.py [--system spring] [--seeds 0] [--epochs 1000 3000]
-    python benchmarks/dynamics_fit.py --seeds 0 1 2 --epochs 1000 --lr 1e-3 3e-3 --noisy-only
-    python benchmarks/dynamics_fit.py --system kepler --seeds 0 1 2 --floor-only
-    python benchmarks/dynamics_fit.py --seeds 0 1 2 --epochs 1000 --lr 1e-3 3e-3 \
+    python experiments/dynamics_fit.py [--system spring] [--seeds 0] [--epochs 1000 3000]
+    python experiments/dynamics_fit.py --seeds 0 1 2 --epochs 1000 --lr 1e-3 3e-3 --noisy-only
+    python experiments/dynamics_fit.py --system kepler --seeds 0 1 2 --floor-only
+    python experiments/dynamics_fit.py --seeds 0 1 2 --epochs 1000 --lr 1e-3 3e-3 \
         --noisy-only --held-out --model baseline
 """
 
@@ -36,22 +36,23 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import platform
 
 import torch
-from _timing import machine_line
 from torchdiffeq import odeint
 
+import concernet_ode
 from concernet_ode import MLP, ProjectedVectorField, TrajectoryData, cosine_schedule, fit_dynamics
-from concernet_ode.benchmark import EVAL_SEED_OFFSET
 from concernet_ode.metrics import evaluate
-from concernet_ode.systems import ChemicalKinetics, Kepler, SpringMass
+from concernet_ode.reproduce import Recipe, get_task
+from concernet_ode.reproduce.pipeline import EVAL_SEED_OFFSET
 
-SYSTEMS = {"spring": SpringMass, "chemical": ChemicalKinetics, "kepler": Kepler}
+SYSTEMS = ("spring", "chemical", "kepler")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--system", choices=list(SYSTEMS), default="spring")
+    parser.add_argument("--system", choices=SYSTEMS, default="spring")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", nargs="+", type=int, default=[1000, 3000])
     parser.add_argument("--lr", nargs="+", type=float, default=[1e-3],
@@ -66,7 +67,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    system = SYSTEMS[args.system]()
+    task = get_task(args.system)
+    system, recipe = task.system, task.recipe_for(Recipe.table1())
     if not args.floor_only:
         print(f"{args.system}: {args.model} model, float32 training, float64 evaluation, scored "
               f"on {'the held-out training trajectories' if args.held_out else 'the evaluation'}")
@@ -102,8 +104,10 @@ def main() -> None:
             noise = system.noise if noisy else 0.0
             for epochs, lr in itertools.product(args.epochs, args.lr):
                 torch.manual_seed(seed)
-                mlp = MLP(system.state_dim, system.state_dim, activation=system.activation)
-                history = fit_dynamics(wrap(mlp), train, epochs=epochs, batch_size=100, lr=lr,
+                mlp = MLP(system.state_dim, system.state_dim, hidden=recipe.hidden,
+                          depth=recipe.depth, activation=recipe.activation)
+                history = fit_dynamics(wrap(mlp), train, epochs=epochs,
+                                       batch_size=recipe.dynamics_batch, lr=lr,
                                        seed=seed, progress=False,
                                        lr_schedule=cosine_schedule(epochs))
                 model = wrap(copy.deepcopy(mlp).double())
@@ -117,6 +121,13 @@ def main() -> None:
                         cells = f"{ev.mse:.3g} | {ev.violation:.2g}"
                 print(f"| {seed} | {noise:g} | {epochs} | {lr:g} | {history['loss'][-1]:.3g} | "
                       f"{cells} |", flush=True)
+
+
+def machine_line() -> str:
+    """The machine, the thread count and the versions, for the head of the output."""
+    return (f"machine: {platform.machine()} {platform.processor() or ''} "
+            f"{torch.get_num_threads()} thread(s); python {platform.python_version()}, "
+            f"torch {torch.__version__}, concernet_ode {concernet_ode.__version__}")
 
 
 def noise_floor(system, seed: int) -> tuple[float, float]:
@@ -138,6 +149,7 @@ def held_out_scores(test: TrajectoryData, model) -> tuple[float, float]:
     rollout = odeint(model, test.x[:, 0], test.t, method="dopri5", rtol=1e-7, atol=1e-9)
     return (float((dxdt - test.dxdt).pow(2).mean()),
             float((rollout.movedim(0, 1) - test.x).pow(2).mean()))
+
 
 if __name__ == "__main__":
     main()

@@ -178,9 +178,12 @@ class _LogSumExpOthers(torch.autograd.Function):
                       - col * centred), None
 
 
-def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = False,
-                               positives: str = "sum") -> torch.Tensor:
-    """Contrastive loss of eq. (4): each trajectory is a class.
+def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = True,
+                               positives: str = "mean") -> torch.Tensor:
+    """Contrastive loss of eqs. (4) and (8): each trajectory is a class.
+
+    The defaults are those of :func:`~concernet_ode.fit_invariants` (standardised features,
+    ``positives="mean"``); ``normalize=False, positives="sum"`` is eq. (4) as printed.
 
     For every point ``i`` with feature ``h_i``, with similarities ``s_ij = exp(-||h_i - h_j||^2)``,
 
@@ -204,9 +207,9 @@ def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = Fals
 
     Args:
         features: the learned invariants at every point of ``B`` trajectories of ``T`` points.
-        normalize: standardise each feature over the batch first (eq. (8)), which prevents the
-            trivial decrease of the loss by scaling the features up.
-        positives: ``"sum"`` (eq. (4), the default) or ``"mean"`` (log outside the sum).
+        normalize: standardise each feature over the batch first (eq. (8), the default),
+            which prevents the trivial decrease of the loss by scaling the features up.
+        positives: ``"mean"`` (log outside the sum, the default) or ``"sum"`` (eq. (4)).
 
     Returns:
         A scalar tensor.

@@ -1,21 +1,24 @@
 """How well a learned invariant's gradient points, with and without the flow-alignment term.
 
 The projection of eq. (6) uses only the direction of ``grad H``. This script trains the
-paper's invariant network (protocol data: noisy, half held out; 1000 epochs, batches of 10
-trajectories) with the contrastive loss alone and with ``flow_weight`` added, and prints, side
-by side, the mean and worst ``1 - |cos|`` between the learned and the true invariant's
-gradient on evaluation-distribution states (for chemical kinetics, beyond the training range),
-and the affine R^2 on fresh training-distribution states.
+paper's invariant network with the paper's recipe and the task's departures
+(``get_task(name).recipe_for(Recipe.paper())``: protocol data, noisy, half held out; 1000
+epochs, batches of 10 trajectories; raw features for chemical kinetics) with the contrastive
+loss alone and with ``flow_weight`` added, and prints, side by side, the mean and worst
+``1 - |cos|`` between the learned and the true invariant's gradient on evaluation-distribution
+states (for chemical kinetics, beyond the training range), and the affine R^2 on fresh
+training-distribution states.
 
-Run:  python benchmarks/flow_alignment.py [--systems spring chemical] [--seeds 0 1 2]
+Run:  python experiments/flow_alignment.py [--systems spring chemical] [--seeds 0 1 2]
           [--weight 100] [--epochs 1000]
-      python benchmarks/flow_alignment.py --table1 [--systems ...] [--seeds ...]
+      python experiments/flow_alignment.py --table1 [--systems ...] [--seeds ...]
 
-``--table1`` instead runs the whole Table 1 pipeline (``run_conservative_seed``, the full
-protocol) with the flow term in the invariant's training, and without the refinement stage
-(``RunConfig(refine_steps=0)``), and prints the ``concernet`` and ``concernet_manifold``
-scores per seed, to compare with ``concernet-ode reproduce --refine-steps 0`` (the
-contrastive loss alone); the committed ``results/`` refine the invariant instead.
+``--table1`` instead runs the whole Table 1 pipeline (``run_seed`` with ``Recipe.table1()``,
+the full protocol) with the flow term in the invariant's training (``flow_weight``), and
+without the refinement stage (``refine_steps=0``), and prints the ``concernet`` and
+``concernet_manifold`` scores per seed, to compare with ``concernet-ode reproduce
+--refine-steps 0`` (the contrastive loss alone); the committed ``results/`` refine the
+invariant instead.
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ import statistics
 
 import torch
 
-from concernet_ode import InvariantNet, fit_invariants, invariant_fidelity
+from concernet_ode import invariant_fidelity
 from concernet_ode._jacobian import invariant_jacobian
-from concernet_ode.benchmark import INVARIANT_OPTIONS, RunConfig, run_conservative_seed
-from concernet_ode.systems import ChemicalKinetics, SpringMass
+from concernet_ode.reproduce import Recipe, get_task, run_seed
+from concernet_ode.reproduce.pipeline import (
+    EVAL_SEED_OFFSET,
+    FIDELITY_SEED_OFFSET,
+    contrastive_stage,
+)
 
-SYSTEMS = {"spring": SpringMass, "chemical": ChemicalKinetics}
+SYSTEMS = ("spring", "chemical")
 
 
 def direction_error(H, true_H, x):
@@ -42,18 +49,19 @@ def direction_error(H, true_H, x):
     return float(err.mean()), float(err.max())
 
 
-def run(system, seed, weight, epochs):
+def run(name, seed, weight, epochs):
+    task = get_task(name)
+    system = task.system
+    recipe = task.recipe_for(Recipe.paper()).with_changes(
+        {"contrastive_epochs": epochs, "flow_weight": weight})
     train, _ = system.train_data(seed, dtype=torch.float32)
-    torch.manual_seed(seed)
-    H = InvariantNet(system.state_dim, 1, activation=system.activation)
-    # Raw features for chemical kinetics, as in the Table 1 reproduction (benchmark.py).
-    fit_invariants(H, train, epochs=epochs, batch_size=10, normalize=system.name != "chemical",
-                   seed=seed, progress=False, flow_weight=weight)
-    x0 = system.sample_initial(100, seed=10_000 + seed, evaluation=True)
+    H = contrastive_stage(train, seed, recipe)
+    x0 = system.sample_initial(100, seed=EVAL_SEED_OFFSET + seed, evaluation=True)
     t = torch.linspace(0, system.eval_t_end, 50, dtype=torch.float64)
     x_eval = system.solve(x0, t).reshape(-1, system.state_dim).float()
     clean = system.trajectories(1000, t_end=system.train_t_end, n_times=system.train_n_times,
-                                seed=20_000 + seed).x.reshape(-1, system.state_dim).float()
+                                seed=FIDELITY_SEED_OFFSET + seed)
+    clean = clean.x.reshape(-1, system.state_dim).float()
     with torch.no_grad():
         r2 = float(invariant_fidelity(H(clean), system.invariants(clean))[0])
     return (*direction_error(H, system.invariants, x_eval), r2)
@@ -64,12 +72,10 @@ def table1(args) -> None:
           f"{torch.__version__}, 1 thread")
     print("| system | seed | method | MSE | violation | invariant R^2 |")
     print("|---|---|---|---|---|---|")
+    recipe = Recipe.table1().with_changes({"refine_steps": 0, "flow_weight": args.weight})
     for name in args.systems:
-        system = SYSTEMS[name]()
         for seed in args.seeds:
-            res = run_conservative_seed(system, seed, RunConfig(refine_steps=0),
-                                        flow_weight=args.weight,
-                                        **INVARIANT_OPTIONS.get(name, {}))
+            res = run_seed(get_task(name), seed, recipe)
             r2 = ", ".join(f"{v:.6f}" for v in res.invariant_r2.values())
             for method in ("baseline", "concernet", "concernet_manifold"):
                 ev = res.evaluations[method]
@@ -79,7 +85,7 @@ def table1(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--weight", type=float, default=100.0)
     parser.add_argument("--epochs", type=int, default=1000)
@@ -93,10 +99,9 @@ def main() -> None:
     print("| system | flow_weight | seed | mean 1-|cos| (eval states) | worst | affine R^2 |")
     print("|---|---|---|---|---|---|")
     for name in args.systems:
-        system = SYSTEMS[name]()
         summary = {}
         for weight in (0.0, args.weight):
-            rows = [run(system, seed, weight, args.epochs) for seed in args.seeds]
+            rows = [run(name, seed, weight, args.epochs) for seed in args.seeds]
             for seed, (mean, worst, r2) in zip(args.seeds, rows, strict=True):
                 print(f"| {name} | {weight:g} | {seed} | {mean:.2e} | {worst:.2e} | {r2:.6f} |",
                       flush=True)

@@ -2,22 +2,25 @@
 
 The paper's protocol (design.md): per system, the noisy training set of ``train_data(seed)``
 (half of the trajectories held out), an ``InvariantNet`` of two hidden layers of 100 with the
-system's activation, ``fit_invariants`` for 1000 epochs in batches of 10 trajectories, Adam
-at lr 1e-3. The learned invariants are then compared, by the R^2 of the best affine readout
-(``invariant_fidelity``), with the true ones on fresh noise-free trajectories drawn like the
-training ones (1000 by default, as for the anchors). Targets: spring R^2 >= 0.996 against
-q^2 + p^2, chemical >= 0.99999 against A + C, Kepler with m = 2: >= 0.95 for E, >= 0.9 for L.
+task's activation (ReLU for chemical kinetics, tanh otherwise), ``fit_invariants`` for 1000
+epochs in batches of 10 trajectories, Adam at lr 1e-3. The learned invariants are then
+compared, by the R^2 of the best affine readout (``invariant_fidelity``), with the true ones
+on fresh noise-free trajectories drawn like the training ones (1000 by default, as for the
+anchors). Targets: spring R^2 >= 0.996 against q^2 + p^2, chemical >= 0.99999 against A + C,
+Kepler with m = 2: >= 0.95 for E, >= 0.9 for L.
 
-    python benchmarks/invariant_fidelity.py                       # all systems, seeds 0 1 2
-    python benchmarks/invariant_fidelity.py --systems spring --seeds 0 --epochs 200
-    python benchmarks/invariant_fidelity.py --recipe table1       # as concernet-ode reproduce
+    python experiments/invariant_fidelity.py                       # all systems, seeds 0 1 2
+    python experiments/invariant_fidelity.py --systems spring --seeds 0 --epochs 200
+    python experiments/invariant_fidelity.py --recipe table1       # as concernet-ode reproduce
 
-``--recipe paper`` (the default) trains exactly as above; ``--recipe table1`` trains as the
-Table 1 run does (``RunConfig.invariant_options``): ``positives="mean"``, the Adam step
-annealed by a cosine and a decoupled weight decay of 0.3, except where ``INVARIANT_OPTIONS``
-says otherwise: chemical kinetics keeps a constant step and raw (not standardised) features
-without weight decay, and Kepler trains without weight decay (for its Table 1 invariant,
-m = 1; add ``--weight-decay 0.3`` for the m = 2 run of issue 4).
+``--recipe paper`` (the default) trains with ``Recipe.paper()`` (standardised features,
+eq. (4) as printed, a constant step, no weight decay) on the task's architecture;
+``--recipe table1`` trains as the Table 1 run does, ``get_task(name).recipe_for(
+Recipe.table1())`` and its contrastive stage: ``positives="mean"``, the Adam step annealed
+by a cosine and a decoupled weight decay of 0.3, except where the task departs from it
+(``Task.departures``): chemical kinetics keeps a constant step and raw (not standardised)
+features without weight decay, and Kepler trains without weight decay (for its Table 1
+invariant, m = 1; add ``--weight-decay 0.3`` for the m = 2 run of issue 4).
 ``--positives`` overrides the loss form of either recipe, ``--schedule cosine|constant`` its
 step schedule, ``--weight-decay`` its weight decay. Each line also prints the spread of each
 learned feature within a trajectory over its spread across all (mean over trajectories of
@@ -44,18 +47,12 @@ import time
 
 import torch
 
-from concernet_ode import (
-    InvariantNet,
-    contrastive_invariant_loss,
-    cosine_schedule,
-    fit_invariants,
-    invariant_fidelity,
-)
-from concernet_ode.benchmark import INVARIANT_OPTIONS, RunConfig
+from concernet_ode import contrastive_invariant_loss, invariant_fidelity
 from concernet_ode.discovery import symbolic_readout
-from concernet_ode.systems import ChemicalKinetics, Kepler, SpringMass
+from concernet_ode.reproduce import Recipe, get_task
+from concernet_ode.reproduce.pipeline import contrastive_stage
 
-SYSTEMS = {"spring": SpringMass, "chemical": ChemicalKinetics, "kepler": Kepler}
+SYSTEMS = ("spring", "chemical", "kepler")
 TARGETS = {"spring": (0.996,), "chemical": (0.99999,), "kepler": (0.95, 0.9)}
 # Invertible functions of a true invariant that a learned feature may follow more closely
 # than the invariant itself (the loss fixes features only up to such maps): the affine R^2
@@ -87,27 +84,38 @@ def objective(features: torch.Tensor, *, seed: int, n_batches: int = 100,
     return total / n_batches
 
 
+def invariant_recipe(name: str, recipe: str, *, epochs: int, m: int | None,
+                     positives: str | None = None, schedule: str = "recipe",
+                     weight_decay: float | None = None) -> Recipe:
+    """The recipe of ``name``'s contrastive stage: ``recipe`` and the command-line overrides."""
+    task = get_task(name)
+    if recipe == "table1":  # as concernet-ode reproduce trains the task's invariant
+        base = task.recipe_for(Recipe.table1())
+    else:  # the paper's recipe, on the task's architecture (chemical kinetics: ReLU)
+        base = Recipe.paper().with_changes(
+            {"activation": task.recipe_for(Recipe.paper()).activation})
+    changes: dict[str, object] = {"contrastive_epochs": epochs}
+    if m is not None:
+        changes["n_invariants"] = m
+    if positives is not None:
+        changes["positives"] = positives
+    if schedule != "recipe":
+        changes.update(anneal=schedule == "cosine", anneal_contrastive=True)
+    if weight_decay is not None:
+        changes["invariant_weight_decay"] = weight_decay
+    return base.with_changes(changes)
+
+
 def run_one(name: str, seed: int, *, epochs: int, m: int | None, eval_traj: int,
             dtype: torch.dtype, recipe: str = "paper", positives: str | None = None,
             schedule: str = "recipe", weight_decay: float | None = None) -> dict:
-    system = SYSTEMS[name]()
-    m = m or system.latent_dim
+    system = get_task(name).system
+    plan = invariant_recipe(name, recipe, epochs=epochs, m=m, positives=positives,
+                            schedule=schedule, weight_decay=weight_decay)
+    m = plan.n_invariants
     train, _ = system.train_data(seed, dtype=dtype)
-    torch.manual_seed(seed)
-    net = InvariantNet(system.state_dim, m, activation=system.activation).to(dtype)
     start = time.perf_counter()
-    options = {}
-    if recipe == "table1":  # as concernet-ode reproduce trains the task's invariant
-        options = RunConfig(contrastive_epochs=epochs).invariant_options(
-            **INVARIANT_OPTIONS.get(name, {}))
-    if positives is not None:
-        options["positives"] = positives
-    if schedule != "recipe":
-        options["lr_schedule"] = cosine_schedule(epochs) if schedule == "cosine" else None
-    if weight_decay is not None:
-        options["weight_decay"] = weight_decay
-    history = fit_invariants(net, train, epochs=epochs, batch_size=10, lr=1e-3, seed=seed,
-                             **options)
+    net = contrastive_stage(train, seed, plan)
     seconds = time.perf_counter() - start
     fresh = system.trajectories(eval_traj, t_end=system.train_t_end,
                                 n_times=system.train_n_times, noise=0.0, seed=10_000 + seed,
@@ -129,9 +137,7 @@ def run_one(name: str, seed: int, *, epochs: int, m: int | None, eval_traj: int,
     with torch.no_grad():
         feats = net(train.x)
     inv = system.invariants(train.x)
-    # fit_invariants' defaults where the recipe leaves them: standardised features, eq. (4)
-    loss_options = {"normalize": options.get("normalize", True),
-                    "positives": options.get("positives", "sum")}
+    loss_options = {"normalize": plan.normalize_features, "positives": plan.positives}
     losses = {"learned": objective(feats, seed=seed, **loss_options),
               "true": objective(inv, seed=seed, **loss_options)}
     for label, fn in RELATED.get(name, {}).items():
@@ -143,7 +149,7 @@ def run_one(name: str, seed: int, *, epochs: int, m: int | None, eval_traj: int,
     result = {"system": name, "seed": seed, "m": m, "epochs": epochs, "recipe": recipe, "r2": r2,
               "r2_cubic": r2_cubic, "r2_related": related, "spread_within": spread,
               "invariants": list(system.invariant_names), "train_seconds": seconds,
-              "final_loss": history["loss"][-1], "objective": losses}
+              "objective": losses}
     if m == 1:
         readout = symbolic_readout(learned[::10, 0], x[::10], names=system.state_names)
         result["readout"] = str(readout.expression)
@@ -158,7 +164,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--kepler-m", type=int, default=2)
     parser.add_argument("--eval-traj", type=int, default=1000)
-    parser.add_argument("--float64", action="store_true", help="train in float64")
+    parser.add_argument("--float64", action="store_true",
+                        help="train in float64 (networks built in float64)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--recipe", choices=("paper", "table1"), default="paper")
     parser.add_argument("--positives", choices=("sum", "mean"), default=None,
@@ -171,6 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = torch.float64 if args.float64 else torch.float32
+    torch.set_default_dtype(dtype)  # contrastive_stage builds its network in the default dtype
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, torch "
           f"{torch.__version__}, {dtype}, {args.threads} thread(s), epochs {args.epochs}, "
           f"recipe {args.recipe}, schedule {args.schedule}, weight decay "

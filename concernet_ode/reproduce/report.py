@@ -7,11 +7,14 @@ import os
 import platform
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .benchmark import METHODS, SeedResult, Task
+from .pipeline import METHODS, SeedResult
+from .recipe import SMOKE_DIVISOR, Recipe
+from .tasks import Task
 
 __all__ = ["task_summary", "write_figure", "write_table"]
 
@@ -20,7 +23,7 @@ def _versions() -> dict[str, str]:
     import numpy
     import torchdiffeq
 
-    from . import __version__
+    from .. import __version__
 
     return {"concernet_ode": __version__, "torch": torch.__version__,
             "torchdiffeq": torchdiffeq.__version__, "numpy": numpy.__version__,
@@ -33,7 +36,7 @@ def _floats(values: torch.Tensor) -> list[float]:
 
 
 def task_summary(task: Task, results: list[SeedResult], wall_seconds: float,
-                 config: dict) -> dict:
+                 recipe: Recipe, jobs: int = 1) -> dict:
     """The JSON document of one task: ``{"task", "seeds", "methods": {name: {"mse": [...],
     "violation": [...], ...}}, "invariant_r2", "wall_seconds", "versions", ...}``.
 
@@ -63,7 +66,10 @@ def task_summary(task: Task, results: list[SeedResult], wall_seconds: float,
         "stage_seconds": [r.seconds for r in results],
         "authors_code_seconds_3_seeds": 3 * task.authors_seconds,
         "load_average": list(os.getloadavg()),
-        "config": config,
+        "smoke": recipe.smoke,
+        "recipe": asdict(recipe),
+        "recipe_text": recipe.describe(),
+        "jobs": jobs,
         "versions": _versions(),
     }
 
@@ -83,63 +89,24 @@ def _ref(ref: dict, method: str, metric: str) -> str:
     return f"{value:.3g}"
 
 
-def _describe(values: dict[str, object], phrases: dict[object, str]) -> str:
-    """One phrase when every task agrees, else the phrase for each group of tasks."""
-    groups: dict[object, list[str]] = {}
-    for name, value in values.items():
-        groups.setdefault(value, []).append(name)
-    if len(groups) == 1:
-        return phrases[next(iter(groups))]
-    return "; ".join(f"{phrases[v]} ({', '.join(sorted(n))})" for v, n in groups.items())
-
-
-def _training_note(configs: dict[str, dict]) -> str:
-    """How each task's run trained (``RunConfig.anneal``, ``.positives``,
-    ``.invariant_weight_decay``, ``.refine_steps``)."""
-    step = _describe({k: c.get("anneal", False) for k, c in configs.items()}, {
-        True: "Adam at 1e-3 annealed to 0 along a cosine over each stage's epochs (the "
-              "default; the baseline, ConCerNet and oracle models alike; a task's note "
-              "below names any stage kept at a constant step)",
-        False: "Adam at a constant 1e-3, as in the paper (`--constant-lr`)"})
-    loss = _describe({k: c.get("positives", "sum") for k, c in configs.items()}, {
-        "mean": "the contrastive loss averages the log-similarity over each trajectory's "
-                "pairs (`positives=\"mean\"`, the default)",
-        "sum": "the contrastive loss is eq. (4) as printed (`--positives sum`)"})
-    decays = {k: c.get("invariant_weight_decay", 0.0) for k, c in configs.items()}
-    decay = _describe(decays, {v: _decay_phrase(v) for v in decays.values()})
-    refines = {k: (c.get("refine_steps", 0), c.get("refine_batch_size"), c.get("refine_lr"))
-               for k, c in configs.items()}
-    refine = _describe(refines, {v: _refine_phrase(*v) for v in refines.values()})
-    return (f"Training: {step}; {loss}; {decay}; {refine}. The paper's recipe is "
-            "`--constant-lr --positives sum --invariant-weight-decay 0 --refine-steps 0`.")
-
-
-def _refine_phrase(steps: int, batch: int | None, lr: float | None) -> str:
-    if not steps:
-        return "the contrastive invariant is used as learned, as in the paper"
-    return (f"the contrastive invariant's level sets are then refined against the observed "
-            f"derivatives of the training points, about {steps} Adam steps on batches of "
-            f"{batch} points at a peak step of {lr:g}, annealed (`refine_invariants`, "
-            "`--refine-steps`; these derivatives are the dynamics stage's data)")
-
-
-def _decay_phrase(value: float) -> str:
-    if not value:
-        return "the contrastive stage has no weight decay, as in the paper"
-    return (f"the contrastive stage has a decoupled weight decay of {value:g} "
-            "(`--invariant-weight-decay`; none where a task's note says its invariant trains "
-            "on raw features)")
+def _recipe(doc: dict) -> Recipe:
+    """The recipe a task's JSON document records (JSON turns tuples into lists)."""
+    fields = dict(doc["recipe"])
+    fields["autoencoder_hidden"] = tuple(fields["autoencoder_hidden"])
+    return Recipe(**fields)
 
 
 def write_table(out: Path, tasks: list[Task]) -> Path:
     """Write ``out/table1.md`` from every ``out/<task>.json`` of the given tasks."""
-    rows, timing, fidelity, notes, configs = [], [], [], [], {}
+    rows, timing, fidelity, notes, recipes, smoke = [], [], [], [], [], False
     for task in tasks:
         path = out / f"{task.name}.json"
         if not path.exists():
             continue
         doc = json.loads(path.read_text())
-        configs[task.name] = doc.get("config", {})
+        recipe = _recipe(doc)
+        smoke = smoke or recipe.smoke
+        recipes.append(f"- {task.name}: {recipe.describe()}")
         if task.notes:  # a task's own caveats and recipe choices (e.g. heat's metric)
             notes += [task.notes, ""]
         for name in METHODS:
@@ -158,9 +125,13 @@ def write_table(out: Path, tasks: list[Task]) -> Path:
         load = ", ".join(f"{v:.1f}" for v in doc["load_average"])
         timing.append(f"| {task.name} | {len(doc['seeds'])} | {doc['wall_seconds']:.0f} | "
                       f"{doc['authors_code_seconds_3_seeds']:.0f} | {ratio:.2f} | {load} |")
+    banner = ([f"**SMOKE RUN**: `--quick`, epochs divided by {SMOKE_DIVISOR} and a tenth of "
+               "the evaluation horizon; these numbers mean nothing about the method.", ""]
+              if smoke else [])
     lines = [
         "# Table 1, reproduced",
         "",
+        *banner,
         "Generated by `concernet-ode reproduce`; do not edit by hand. Ours: mean ± std over "
         "seeds (population std) and the median over all evaluation trajectories of all "
         "seeds. Paper: Table 1 of Zhang et al. (ICML 2023). Authors' code: their published "
@@ -180,7 +151,10 @@ def write_table(out: Path, tasks: list[Task]) -> Path:
         "invariants, trained the same way (a reference, not a method: it needs the answer). "
         "All start from the same weights and see the same batches.",
         "",
-        _training_note(configs),
+        "Training, per task (the recipe with the task's departures; `--recipe paper` is the "
+        "paper's own):",
+        "",
+        *recipes,
         "",
         *notes,
         "Invariant fidelity, R² of an affine readout of each true invariant from the learned "
@@ -202,7 +176,7 @@ def write_table(out: Path, tasks: list[Task]) -> Path:
     return path
 
 
-def write_figure(out: Path, task: Task, result: SeedResult) -> Path:
+def write_figure(out: Path, task: Task, result: SeedResult, *, smoke: bool = False) -> Path:
     """Fig. 3 of the paper for one seed: a trajectory, violation and MSE against time."""
     import matplotlib
 
@@ -242,7 +216,8 @@ def write_figure(out: Path, task: Task, result: SeedResult) -> Path:
     # One legend for the three panels, below them, so that it hides no curve.
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=9,
                frameon=False)
-    fig.suptitle(f"{task.name}, seed {result.seed}")
+    fig.suptitle(f"{task.name}, seed {result.seed}"
+                 + (" (SMOKE RUN: these curves mean nothing)" if smoke else ""))
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = out / f"{task.name}.png"
     fig.savefig(path, dpi=110)
