@@ -99,12 +99,11 @@ _LOG2E = math.log2(math.e)
 def _exp_neg_(dist: torch.Tensor) -> torch.Tensor:
     """``exp(-dist)`` in place, the exponent floored at ``_EXP_FLOOR``.
 
-    Computed as ``exp2(-dist * log2(e))``: torch's ``exp2`` is 3.0x to 3.8x faster than its
-    ``exp`` on this project's CPUs (three runs of ``python
-    benchmarks/contrastive_throughput.py``, last line), for the rounding of one product, of
-    the size of the rounding ``dist`` carries already. The floor keeps every term a normal
-    number, so that a row sum far above ``P e^-80`` is exact to rounding (the test of the
-    symmetric path below); at that benchmark's sizes it costs no time.
+    Computed as ``exp2(-dist * log2(e))``, which torch evaluates several times faster than
+    ``exp`` on common CPUs (docs/performance.md has the measurement), for the rounding of one
+    product, of the size of the rounding ``dist`` carries already. The floor keeps every term
+    a normal number, so that a row sum far above ``P e^-80`` is exact to rounding (the test
+    of the symmetric path below).
     """
     return dist.mul_(-_LOG2E).clamp_(min=_EXP_FLOOR * _LOG2E).exp2_()
 
@@ -238,8 +237,8 @@ def contrastive_invariant_loss(features: torch.Tensor, *, normalize: bool = True
         mean_sq = (n_times * dev + dev.sum(1, keepdim=True)) / (n_times - 1)
         return (mean_sq.reshape(-1) + log_all).mean()
     # The denominator needs every pair of the batch; the numerator only the (T, T) blocks of
-    # each trajectory, so it is computed blockwise instead of by masking the (BT, BT) matrix
-    # (4-5x faster at the paper's Kepler batch, B * T = 1000). A point's similarity to itself
+    # each trajectory, so it is computed blockwise instead of by masking the (BT, BT) matrix,
+    # which is much faster at the paper's batch sizes. A point's similarity to itself
     # is excluded by setting its logit to -inf (logsumexp ignores it).
     log_pos = torch.logsumexp(_self_excluded_logits(features), dim=-1).reshape(-1)
     return (log_all - log_pos).mean()
