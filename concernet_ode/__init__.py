@@ -3,7 +3,7 @@
 The public names are listed in ``__all__``; everything else is internal.
 """
 
-from .data import TrajectoryData
+from .data import TrajectoryData, estimate_derivatives
 from .latent import LatentAdapter
 from .losses import (
     contrastive_invariant_loss,
@@ -34,6 +34,7 @@ __all__ = [
     "TrajectoryData",
     "conservation_violation",
     "contrastive_invariant_loss",
+    "estimate_derivatives",
     "cosine_schedule",
     "fit_autoencoder",
     "fit_dynamics",

@@ -294,7 +294,8 @@ def estimate_num_invariants(data: TrajectoryData, *, max_m: int | None = None,
     ``flow_fractions`` for the margin of the decision.
 
     Args:
-        data: trajectories with their derivatives (noisy is fine).
+        data: trajectories with their derivatives (noisy is fine; without them, use
+            :func:`~concernet_ode.estimate_derivatives` first).
         max_m: number of features learned, at most the state dimension (the default).
         epochs, batch_size, lr, seed, progress: passed to
             :func:`~concernet_ode.fit_invariants`; ``seed`` also seeds the initialisation.
@@ -322,6 +323,7 @@ def estimate_num_invariants(data: TrajectoryData, *, max_m: int | None = None,
     """
     data, max_m = _check_count_args(data, max_m, rtol)
     _check_count_args(data, max_m, flow_tol, "flow_tol")
+    data.require_dxdt("estimate_num_invariants (its flow test)")
     points = data.x.reshape(-1, data.state_dim)
     shift = points.mean(0)
     scale = points.std(0).clamp_min(torch.finfo(points.dtype).eps ** 0.5)

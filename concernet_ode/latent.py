@@ -117,7 +117,7 @@ class LatentAdapter(nn.Module):
         return jvp(self.autoencoder.encode, (x,), (xdot,))
 
     def to_latent(self, data: TrajectoryData) -> TrajectoryData:
-        """Encode trajectory data: ``x -> z`` and ``dxdt -> J_E(x) dxdt``.
+        """Encode trajectory data: ``x -> z`` and ``dxdt -> J_E(x) dxdt`` (where present).
 
         The result is detached (training data for latent invariants and dynamics).
 
@@ -131,6 +131,8 @@ class LatentAdapter(nn.Module):
             msg = f"`data` must be a TrajectoryData, got {type(data).__name__}"
             raise TypeError(msg)
         with torch.no_grad():
+            if data.dxdt is None:  # states only: the latent data have no rates either
+                return TrajectoryData(data.t, self.encode(data.x))
             z, zdot = self.encode_with_rate(data.x, data.dxdt)
         return TrajectoryData(data.t, z, zdot)
 

@@ -252,11 +252,13 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
                            _check_weight(flow_weight, "flow_weight"),
                            check_positives(_default_positives(positives, ranking_weight)))
     weight_decay = _check_weight(weight_decay, "weight_decay")
+    if flow_weight > 0:
+        data.require_dxdt("`flow_weight` > 0 (the flow-alignment term)")
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         if len(idx) < 2:  # a last batch of one trajectory has no negatives: skip its loss
             return model(data.x[idx]).sum() * 0.0
-        return loss(data.x[idx], data.dxdt[idx])
+        return loss(data.x[idx], None if data.dxdt is None else data.dxdt[idx])
 
     val_loss = None
     if val_data is not None:
