@@ -47,7 +47,7 @@ def test_contrastive_stage_runs_on_states_alone(spring):
 
 
 def test_integer_states_are_refused(spring):
-    with pytest.raises(TypeError, match="`x` must have a floating dtype, got torch.int64"):
+    with pytest.raises(TypeError, match=r"`x` must have a floating dtype, got torch\.int64"):
         TrajectoryData(spring.t, spring.x.round().long())
 
 
@@ -73,7 +73,7 @@ def test_estimate_derivatives_errors(spring):
     with pytest.raises(ValueError, match="larger than `polyorder` = 3; got 3"):
         estimate_derivatives(data, window=3)
     uneven = TrajectoryData(spring.t**2, spring.x)
-    with pytest.raises(ValueError, match="`data.t` must be uniformly spaced"):
+    with pytest.raises(ValueError, match=r"`data\.t` must be uniformly spaced"):
         estimate_derivatives(uneven)
     with pytest.raises(TypeError, match="`data` must be a TrajectoryData, got Tensor"):
         estimate_derivatives(spring.x)
@@ -119,7 +119,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no trajectory file"):
         TrajectoryData.load(tmp_path / "none.npz")
     (tmp_path / "d.txt").write_text("1")
-    with pytest.raises(ValueError, match="expected a .npz or .csv file"):
+    with pytest.raises(ValueError, match=r"expected a \.npz or \.csv file"):
         TrajectoryData.load(tmp_path / "d.txt")
     (tmp_path / "h.csv").write_text("id,time,q\n0,0,1\n")
     with pytest.raises(ValueError, match="header must start with `trajectory,t`"):

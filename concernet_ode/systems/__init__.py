@@ -11,6 +11,14 @@ from .base import ConservativeSystem
 from .chemical import ChemicalKinetics
 from .damped_spring import DampedSpring
 from .kepler import Kepler
+from .pendulum import Pendulum
 from .spring import SpringMass
 
-__all__ = ["ChemicalKinetics", "ConservativeSystem", "DampedSpring", "Kepler", "SpringMass"]
+__all__ = [
+    "ChemicalKinetics",
+    "ConservativeSystem",
+    "DampedSpring",
+    "Kepler",
+    "Pendulum",
+    "SpringMass",
+]

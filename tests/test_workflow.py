@@ -1,0 +1,116 @@
+"""learn(): trajectories in, a conserving model out; saved and loaded without pickle."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from concernet_ode import TrajectoryData
+from concernet_ode.systems import SpringMass
+from concernet_ode.workflow import ConservationModel, LearnSettings, learn, load
+
+# A few hundred steps: enough to exercise every stage, far from the defaults' quality.
+FAST = LearnSettings(hidden=16, invariant_steps=60, refine_steps=20, dynamics_steps=60,
+                     count_epochs=5)
+
+
+@pytest.fixture(scope="module")
+def spring_data():
+    return SpringMass().trajectories(12, t_end=3.0, n_times=20, noise=0.01, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(spring_data):
+    data = TrajectoryData(spring_data.t, spring_data.x)  # no derivatives: estimated
+    return learn(data, n_invariants=1, names=("q", "p"), seed=0, settings=FAST,
+                 progress=False)
+
+
+def test_learn_returns_a_conserving_model(model):
+    assert isinstance(model, ConservationModel)
+    assert model.n_invariants == 1 and model.names == ("q", "p")
+    x = torch.randn(5, 2, dtype=torch.float64)
+    assert model.invariants(x).shape == (5, 1)
+    assert model.field(0.0, x).shape == (5, 2)
+    report = model.report
+    assert report["data"]["derivatives"].startswith("estimated")
+    assert {"prepare", "invariants", "refine", "dynamics", "score"} <= set(report["seconds"])
+    held = report["held_out"]
+    # The projected model keeps its own invariant to the solver's accuracy; the baseline not.
+    assert held["projected"]["invariant_drift"] < 1e-6 < held["baseline"]["invariant_drift"]
+    assert "| projected |" in model.report_markdown()
+
+
+def test_simulate_follows_the_input_dtype_and_conserves(model):
+    x0 = torch.tensor([[0.5, 0.2]], dtype=torch.float32)
+    t = torch.linspace(0, 2, 11)
+    out = model.simulate(x0, t)
+    assert out.shape == (11, 1, 2) and out.dtype == torch.float32
+    exact = model.simulate(x0.double(), t.double(), exact=True)
+    h = model.invariants(exact)
+    assert float((h - h[0]).abs().max()) < 1e-9
+    with pytest.raises(ValueError, match=r"`x0` must be a tensor of shape \(\.\.\., 2\)"):
+        model.simulate(torch.zeros(3), t)
+
+
+_ROUND_TRIP = """
+import sys, torch
+from concernet_ode.workflow import load
+m = load(sys.argv[1])
+x = torch.load(sys.argv[2], weights_only=True)
+torch.save({"h": m.invariants(x), "f": m.field(0.0, x).detach(),
+            "b": m.baseline(x).detach()}, sys.argv[3])
+"""
+
+
+def test_saved_model_loads_bit_identical_in_a_fresh_process(model, tmp_path):
+    model.save(tmp_path / "m")
+    x = torch.randn(7, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.save(x, tmp_path / "x.pt")
+    subprocess.run([sys.executable, "-c", _ROUND_TRIP, str(tmp_path / "m"),
+                    str(tmp_path / "x.pt"), str(tmp_path / "out.pt")], check=True, timeout=120)
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.equal(out["h"], model.invariants(x))
+    assert torch.equal(out["f"], model.field(0.0, x).detach())
+    assert torch.equal(out["b"], model.baseline(x).detach())
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["laws"] == model.laws and "torch" in meta["versions"]
+
+
+def test_loading_never_unpickles(model, tmp_path, monkeypatch):
+    model.save(tmp_path / "m")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load() must not unpickle")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    back = load(tmp_path / "m")
+    x = torch.randn(3, 2, dtype=torch.float64)
+    assert torch.equal(back.invariants(x), model.invariants(x))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"holds no saved model: model\.json is missing"):
+        load(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"format": "other"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="has format 'other'"):
+        load(tmp_path)
+
+
+def test_learn_errors(spring_data):
+    with pytest.raises(TypeError, match="`data` must be a TrajectoryData, got Tensor"):
+        learn(spring_data.x)
+    with pytest.raises(ValueError, match="at least 8 trajectories of at least 5 samples"):
+        learn(spring_data[:5], settings=FAST)
+    with pytest.raises(ValueError, match="less than the state dimension 2"):
+        learn(spring_data, n_invariants=2, settings=FAST)
+    with pytest.raises(ValueError, match=r"`names` must be 2 non-empty strings"):
+        learn(spring_data, names=("q",), settings=FAST)
