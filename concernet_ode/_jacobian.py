@@ -8,6 +8,7 @@ so that grad-mode handling, shape checks and error messages are written once.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -19,6 +20,7 @@ __all__ = [
     "difference_jacobian",
     "evaluate_invariants",
     "field_arity",
+    "format_indices",
     "invariant_jacobian",
     "is_closed_form",
 ]
@@ -39,6 +41,10 @@ def check_state(x: object, name: str = "x") -> torch.Tensor:
     if x.dim() == 0:
         msg = f"`{name}` must have at least one dimension (the state), got a scalar"
         raise ValueError(msg)
+    if not x.is_floating_point():
+        msg = (f"`{name}` must be a floating-point tensor, got dtype {x.dtype}; convert it, "
+               f"e.g. `{name}.to(torch.get_default_dtype())`, or to the model's dtype")
+        raise TypeError(msg)
     return x
 
 
@@ -80,12 +86,18 @@ def evaluate_invariants(H: Callable, x: torch.Tensor, name: str = "H") -> torch.
     A function returning ``(...,)`` (one value per state) is read as ``m = 1``.
 
     Raises:
-        TypeError: ``H`` does not return a tensor.
+        TypeError: ``H`` does not return a tensor, or returns an integer or boolean one.
         ValueError: the batch shape of ``H(x)`` differs from that of ``x``.
     """
     h = H(x)
     if not isinstance(h, torch.Tensor):
         msg = f"`{name}` must return a torch.Tensor, got {type(h).__name__}"
+        raise TypeError(msg)
+    if not h.is_floating_point():
+        msg = (f"`{name}` must return floating-point values, got a tensor of dtype {h.dtype}: an "
+               f"integer-valued `{name}` has no derivative in `x`, so nothing can be projected "
+               "along it; compute it with differentiable torch operations on `x`, without "
+               "rounding or casting to an integer type")
         raise TypeError(msg)
     batch = x.shape[:-1]
     if h.shape == batch:
@@ -123,8 +135,8 @@ def stacked_rows(H: Callable, m: int | None) -> int | None:
 
 
 def invariant_jacobian(H: Callable, x: torch.Tensor, *, name: str = "H",
-                       create_graph: bool | None = None,
-                       m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       create_graph: bool | None = None, m: int | None = None,
+                       audit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Values and Jacobian of an invariant set, batched over leading dimensions.
 
     ``H`` is assumed to act on each state independently (as every network on batched input
@@ -140,15 +152,31 @@ def invariant_jacobian(H: Callable, x: torch.Tensor, *, name: str = "H",
     (``create_graph=True``) only when the caller has gradients enabled, so that parameters of
     ``H`` -- and ``x`` itself, when it requires grad -- receive gradients through ``J``.
 
+    A zero Jacobian must mean a critical point of ``H``, never an ``H`` that autograd cannot
+    see through: an ``H`` whose output is not connected to ``x`` (``.detach()``, NumPy,
+    ``.item()``) is an error, found for free on every call. With ``audit=True`` (a field's
+    first call), rows that are exactly zero are also checked for an ``H`` that is piecewise
+    constant (``torch.round``, ``floor``, ``sign``, which autograd differentiates as zero):
+    a backward pass of NaN through the row leaves the gradient NaN wherever ``x`` enters
+    through a differentiable operation, and zero where it does not.
+
     Args:
         H: the invariant set, ``H(x) -> (..., m)`` or ``(...,)``.
         x: states.
         name: the argument name used in error messages.
         create_graph: override whether to keep the graph; default: the caller's grad mode.
         m: the number of invariants, if known (enables the one-pass path for ``m > 1``).
+        audit: also check that zero rows of ``J`` are critical points (costs a backward pass
+            where a row is exactly zero; meant for a first call).
 
     Returns:
         ``(h, J)``: ``h`` of shape ``(..., m)`` and ``J = dH/dx`` of shape ``(..., m, n)``.
+
+    Raises:
+        ValueError: ``H(x)`` is not connected to ``x`` by autograd; with ``audit=True``, ``J``
+            is zero at a state because ``H`` does not depend on ``x`` there through
+            differentiable operations.
+        TypeError: ``H`` does not return a floating-point tensor.
 
     Shapes:
         x: ``(..., n)``; h: ``(..., m)``; J: ``(..., m, n)``.
@@ -165,20 +193,100 @@ def invariant_jacobian(H: Callable, x: torch.Tensor, *, name: str = "H",
             msg = f"`{name}` returned {h_all.shape[-1]} invariants where {m} were expected"
             raise ValueError(msg)
         h = h_all[0] if one_pass else h_all
-        if not h_all.requires_grad:  # H ignores x and has no trainable parameters
-            return (h if keep else h.detach()), x.new_zeros((*h.shape, x.shape[-1]))
+        if not h_all.requires_grad:
+            _raise_disconnected(name, "its output does not require grad")
         if one_pass:  # copy i's invariant i, all rows in one backward pass
             rows = torch.diagonal(h_all, dim1=0, dim2=-1)
-            (g,) = torch.autograd.grad(rows.sum(), xg, create_graph=keep,
-                                       materialize_grads=True)
+            (g,) = torch.autograd.grad(rows.sum(), xg, retain_graph=keep or audit,
+                                       create_graph=keep, allow_unused=True)
+            if g is None:
+                _raise_disconnected(name, "its output depends on parameters, not on `x`")
             jac = g.movedim(0, -2)
         else:
             n_inv = h.shape[-1]
-            grads = [torch.autograd.grad(h[..., i], xg, grad_outputs=torch.ones_like(h[..., i]),
-                                         retain_graph=keep or i < n_inv - 1, create_graph=keep,
-                                         materialize_grads=True)[0] for i in range(n_inv)]
+            grads = []
+            for i in range(n_inv):
+                (g,) = torch.autograd.grad(h[..., i], xg, grad_outputs=torch.ones_like(h[..., i]),
+                                           retain_graph=keep or audit or i < n_inv - 1,
+                                           create_graph=keep, allow_unused=True)
+                if g is None:
+                    _raise_disconnected(name, "its output depends on parameters, not on `x`")
+                grads.append(g)
             jac = torch.stack(grads, dim=-2)
+        if audit:
+            _audit_zero_rows(h_all, xg, jac, one_pass, name)
     return (h if keep else h.detach()), jac
+
+
+def _raise_disconnected(name: str, why: str) -> None:
+    msg = (f"`{name}(x)` is not connected to `x` by autograd ({why}), so d{name}/dx cannot be "
+           "computed and the projection would silently do nothing. Build "
+           f"`{name}` from differentiable torch operations on `x`: no `.detach()`, `.item()`, "
+           "`.numpy()` or NumPy functions, and no `torch.tensor(...)` of its values")
+    raise ValueError(msg)
+
+
+# Autograd nodes of functions whose derivative torch defines as zero wherever it exists.
+_ZERO_DERIVATIVE_NODES = ("RoundBackward", "FloorBackward", "CeilBackward", "TruncBackward",
+                          "SignBackward", "SgnBackward")
+
+
+def _audit_zero_rows(h_all: torch.Tensor, xg: torch.Tensor, jac: torch.Tensor,
+                     one_pass: bool, name: str) -> None:
+    """Raise where a zero row of ``J`` is not a critical point but a blind spot of autograd."""
+    zero = (jac == 0).all(-1)  # (..., m)
+    if not bool(zero.any()):
+        return
+    dead = torch.zeros_like(zero)
+    for i in range(zero.shape[-1]):
+        if not bool(zero[..., i].any()):
+            continue
+        out = h_all[i, ..., i] if one_pass else h_all[..., i]
+        (probe,) = torch.autograd.grad(out, xg, grad_outputs=torch.full_like(out, math.nan),
+                                       retain_graph=True, allow_unused=True)
+        probe = probe[i] if one_pass else probe
+        dead[..., i] = zero[..., i] & ~torch.isnan(probe).any(-1)
+    if not bool(dead.any()):
+        return
+    ops = _zero_derivative_ops(h_all.grad_fn)
+    cause = (f"it goes through {', '.join(f'torch.{op}' for op in ops)}, whose derivative "
+             "autograd takes as zero" if ops else
+             "part of it is detached from `x`, constant, or not differentiable there")
+    states = dead.any(-1)
+    msg = (f"d{name}/dx is zero at {int(states.sum())} of {states.numel()} state(s) (indices "
+           f"{format_indices(states)}) without a critical point of `{name}`: "
+           f"{cause}. The projection would leave the field unchanged there. Use a "
+           f"differentiable `{name}` (no rounding, no detaching)")
+    raise ValueError(msg)
+
+
+def _zero_derivative_ops(fn: object) -> list[str]:
+    """Names of the zero-derivative functions (``round``, ...) in an autograd graph."""
+    seen, stack, found = set(), [fn], set()
+    while stack and len(seen) < 100_000:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        kind = type(node).__name__
+        if kind.startswith(_ZERO_DERIVATIVE_NODES):
+            found.add(kind[:kind.index("Backward")].lower())
+        stack.extend(nxt for nxt, _ in getattr(node, "next_functions", ()))
+    return sorted(found)
+
+
+def format_indices(mask: torch.Tensor, limit: int = 5) -> str:
+    """The batch indices where ``mask`` is true, as text: ``[3, 7]``, ``[(0, 1)]``, ``+ 4 more``.
+
+    Shapes:
+        mask: the batch shape ``(...)``; a 0-d mask (one unbatched state) gives ``"()"``.
+    """
+    if mask.dim() == 0:
+        return "()"
+    idx = torch.nonzero(mask.detach().cpu())
+    shown = [int(i[0]) if mask.dim() == 1 else tuple(int(v) for v in i) for i in idx[:limit]]
+    more = f" + {idx.shape[0] - limit} more" if idx.shape[0] > limit else ""
+    return f"{shown}{more}"
 
 
 def difference_jacobian(H: Callable, x: torch.Tensor, *,

@@ -133,9 +133,7 @@ def test_finite_where_grad_v_vanishes(dtype):
     x = torch.zeros(3, 2, dtype=dtype)  # the minimum of |x|^2: grad V = 0 exactly
     out = DissipativeVectorField(f, lambda y: y.pow(2).sum(-1), alpha=1.0)(0.0, x)
     assert torch.equal(out, torch.ones_like(x))
-    # a V that ignores x (no graph at all), and a subnormal gradient
-    const = DissipativeVectorField(f, lambda y: y.new_ones(y.shape[:-1]), alpha=1.0)(0.0, x)
-    assert torch.equal(const, torch.ones_like(x))
+    # a subnormal gradient (a V that ignores x is an error: test_v_not_differentiable_in_x)
     tiny = torch.finfo(dtype).tiny
     flat = DissipativeVectorField(f, lambda y: tiny * y.sum(-1), alpha=1.0)(0.0, x + 1)
     assert torch.equal(flat, torch.ones_like(x))
@@ -306,3 +304,46 @@ def test_damped_spring_energy_decays_exactly_and_matches_its_field():
 def test_damped_spring_rejects_bad_gamma(gamma):
     with pytest.raises(ValueError, match=r"`gamma` must be a positive finite number, got"):
         DampedSpring(gamma)
+
+
+# ----------------------------------------------------------------------------------------
+# Never silently wrong (issue 19)
+
+
+def _saddle(t, x):
+    return torch.stack([x[..., 1], 3 * x[..., 0]], -1)
+
+
+def test_v_not_finite_at_a_state_is_an_error_naming_it():
+    # V NaN at x_0 < 0: the field came back with dV/dt > 0 where it promises <= -alpha V.
+    x = torch.tensor([[1.0, 1.0], [-1.0, 0.5]], dtype=torch.float64)
+    field = DissipativeVectorField(_saddle, lambda x: x.pow(2).sum(-1) * torch.sqrt(x[..., 0]),
+                                   alpha=0.5)
+    with pytest.raises(ValueError, match=r"`V` is not finite at 1 of 2 state\(s\), indices \[1\] "
+                                         r"where the field was evaluated: `V\(x\)` = \[nan\]"):
+        field(0.0, x)
+
+
+@pytest.mark.parametrize(("V", "match"), [
+    (lambda x: x.detach().pow(2).sum(-1), r"`V\(x\)` is not connected to `x` by autograd"),
+    (lambda x: x.new_ones(x.shape[:-1]), r"`V\(x\)` is not connected to `x` by autograd"),
+    (lambda x: torch.floor(x.pow(2).sum(-1)), r"dV/dx is zero .* torch\.floor"),
+])
+def test_v_not_differentiable_in_x(V, match):
+    with pytest.raises(ValueError, match=match):
+        DissipativeVectorField(_saddle, V, alpha=1.0)(0.0, torch.ones(3, 2))
+
+
+def test_gradient_too_large_to_square_keeps_the_guarantee():
+    # |grad V| = 1e160 * sqrt(5): |g|^2 overflows float64; the correction was skipped.
+    x = torch.tensor([[1.0, 1.0], [0.5, -0.25]], dtype=torch.float64)
+    w = torch.tensor([1.0, 2.0], dtype=torch.float64)
+
+    def V(x):
+        return 1e160 * (x @ w).exp()
+
+    out = DissipativeVectorField(_saddle, V, alpha=0.5)(0.0, x)
+    rate = (out @ w) * V(x)  # dV/dt = <grad V, F> with grad V = V w
+    assert bool((rate <= -0.5 * V(x) * (1 - 1e-12)).all()), rate / V(x)
+    small = DissipativeVectorField(_saddle, lambda x: (x @ w).exp(), alpha=0.5)(0.0, x)
+    torch.testing.assert_close(out, small, rtol=1e-14, atol=1e-14)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -128,7 +129,8 @@ def test_critical_point_leaves_field_unchanged_and_finite(dtype):
 
     field = ProjectedVectorField(f, lambda x: x.pow(2).sum(-1))
     x = torch.zeros(3, 2, dtype=dtype, requires_grad=True)
-    out = field(0.0, x)
+    with pytest.warns(RuntimeWarning, match="critical point"):
+        out = field(0.0, x)
     torch.testing.assert_close(out, torch.ones_like(out))
     out.sum().backward()
     assert bool(torch.isfinite(x.grad).all())
@@ -355,3 +357,112 @@ def test_no_nan_from_nonfinite_free_input():
     out = ProjectedVectorField(_f, lambda x: x[..., 0] + x[..., 1])(0.0, x)
     assert bool(torch.isfinite(out).all())
     assert math.isclose(float(out[0, 0] + out[0, 1]), 0.0, abs_tol=1e15)
+
+
+# ----------------------------------------------------------------------------------------
+# Never silently wrong (issue 19): the projection does not switch itself off without a word
+
+
+def _spring(t, x):
+    return torch.stack([2 * x[..., 1], -2.1 * x[..., 0]], -1)  # does not conserve |x|^2
+
+
+def _circle(x):
+    return x.pow(2).sum(-1)
+
+
+@pytest.mark.parametrize(("H", "exc", "match"), [
+    # each made the projection return plain f: |x|^2 drifted 4.4e-2 along odeint, as unprojected
+    (lambda x: _circle(x.detach()), ValueError,
+     r"`H\(x\)` is not connected to `x` by autograd \(its output does not require grad\)"),
+    (lambda x: torch.from_numpy((x.detach().numpy() ** 2).sum(-1)), ValueError,
+     r"`H\(x\)` is not connected to `x` by autograd .*`\.numpy\(\)` or NumPy functions"),
+    (lambda x: torch.round(_circle(x), decimals=6), ValueError,
+     r"dH/dx is zero at 1 of 1 state\(s\) \(indices \[0\]\) without a critical point of `H`: "
+     r"it goes through torch\.round"),
+    (lambda x: (_circle(x) * 1e6).long(), TypeError,
+     r"`H` must return floating-point values, got a tensor of dtype torch\.int64"),
+])
+def test_an_h_not_differentiable_in_x_is_an_error(H, exc, match):
+    x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    with pytest.raises(exc, match=match):
+        odeint(ProjectedVectorField(_spring, H), x0, torch.linspace(0, 5, 11,
+                                                                   dtype=torch.float64))
+
+
+def test_an_h_of_parameters_only_is_an_error():
+    net = MLP(2, 1, hidden=8).double()
+    field = ProjectedVectorField(_spring, lambda x: net(x.detach()))
+    with pytest.raises(ValueError, match=r"depends on parameters, not on `x`"):
+        field(0.0, torch.ones(3, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("H", "bad", "match"), [
+    (lambda x: _circle(x) + torch.log(x[..., 0]), [-1.0, 0.5],  # <Pf, grad H> was 0.73
+     r"`H` is not finite at 1 of 2 state\(s\), indices \[1\] where the field was evaluated: "
+     r"`H\(x\)` = \[nan\] at x = \[-1\.0, 0\.5\]"),
+    (lambda x: _circle(x) + torch.sqrt(x[..., 0].abs()), [0.0, 0.5],  # gradient NaN
+     r"`H` is not finite at 1 of 2 state\(s\), indices \[1\] .*dH/dx = \[nan, 1\.0\] at "
+     r"x = \[0\.0, 0\.5\]"),
+])
+def test_an_h_not_finite_at_a_state_is_an_error_naming_it(H, bad, match):
+    x = torch.tensor([[1.0, 0.5], bad], dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        ProjectedVectorField(_spring, H)(0.0, x)
+    with pytest.raises(ValueError, match=r"`H` is not finite at the state"):
+        ProjectedVectorField(_spring, H)(0.0, x[1])
+
+
+def test_an_overflowing_h_is_an_error():
+    # |x| = 1e160 in float64: H = |x| overflows (and its gradient x / |x| is then 0)
+    x = torch.tensor([[1e160, 0.5e160]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"`H\(x\)` = \[inf\] at x = \[1e\+160, 5e\+159\]"):
+        ProjectedVectorField(_spring, lambda x: x.norm(dim=-1))(0.0, x)
+
+
+@pytest.mark.parametrize(("dtype", "H", "x"), [
+    # |grad H|^2 overflows (|x| >= 1e19 in float32, |grad H| >= 1e154 in float64): the
+    # projection was skipped, <Pf, grad H> / (|f| |grad H|) = 1 and -0.34
+    (torch.float32, _circle, [[1e19, 0.5e19], [0.6, 0.8]]),
+    (torch.float64, lambda x: 1e160 * (x[..., 0] + 2 * x[..., 1]), [[1.0, 1.0], [0.6, 0.8]]),
+])
+def test_gradients_too_large_to_square_are_still_projected_out(dtype, H, x):
+    x = torch.tensor(x, dtype=dtype)
+    out = ProjectedVectorField(_spring, H)(0.0, x)
+    _, jac = invariant_jacobian(H, x)
+    g = jac[..., 0, :] / jac[..., 0, :].abs().amax(-1, keepdim=True)  # representable direction
+    cosine = (out * g).sum(-1) / (_spring(0, x).norm(dim=-1) * g.norm(dim=-1))
+    assert bool((cosine.abs() <= RTOL[dtype]).all()), cosine
+    assert bool(torch.isfinite(out).all())
+    # the ordinary sample keeps its bits: the slow path is taken for the overflowing one only
+    assert torch.equal(out[1], ProjectedVectorField(_spring, H)(0.0, x[1:])[0])
+
+
+def test_orthonormal_rows_rescales_huge_rows_and_rejects_nonfinite_ones():
+    jac = torch.tensor([[[3e30, 4e30, 0.0], [1e30, 0.0, 1e30]],
+                        [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]], dtype=torch.float32)
+    q = orthonormal_rows(jac)
+    torch.testing.assert_close(q @ q.transpose(-1, -2), torch.eye(2).expand(2, 2, 2))
+    assert torch.equal(q[1], orthonormal_rows(jac[1:])[0])
+    jac[1, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"`jac` has NaN or infinite entries at 1 of 2 "
+                                         r"sample\(s\) \(indices \[1\]\)"):
+        orthonormal_rows(jac)
+
+
+def test_critical_point_warns_once_per_field():
+    # From x0 = 0, H = |x|^2, plain odeint did not finish in 240 s: the field is stiff there.
+    field = ProjectedVectorField(lambda t, x: _spring(t, x) + 0.3, _circle)
+    x0 = torch.zeros(2, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=r"dH/dx vanishes at the state: a critical point of "
+                                            r"`H`.*stiff.*max_steps"):
+        field(0.0, x0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        field(0.0, x0)  # once per field
+        field(0.0, torch.ones(2, dtype=torch.float64))  # no warning away from it
+    # the documented bound for plain odeint: torchdiffeq's own step limit
+    with pytest.warns(RuntimeWarning, match="critical point"), pytest.raises(
+            AssertionError, match="max_num_steps exceeded"):
+        odeint(ProjectedVectorField(lambda t, x: _spring(t, x) + 0.3, _circle), x0,
+               torch.linspace(0, 1, 3, dtype=torch.float64), options={"max_num_steps": 200})
