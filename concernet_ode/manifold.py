@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
-from ._checks import positive_int
+from ._checks import finite_states, matching_dtype, positive_int, solver_tolerance
 from ._jacobian import (
     call_field,
     check_callable,
@@ -25,6 +25,7 @@ from ._jacobian import (
     difference_jacobian,
     evaluate_invariants,
     field_arity,
+    format_indices,
     invariant_jacobian,
     is_closed_form,
     stacked_rows,
@@ -42,6 +43,9 @@ _JACOBIAN = ("auto", "autograd", "differences")
 _DIFFERENCES_MAX_NUMEL = 4096
 _ODEINT_KWARGS = ("atol", "method", "options", "rtol")
 _SLOW = 0.1  # a residual contraction worse than this re-evaluates J
+# A failed projection after a solver step that moved H by more than this fraction of
+# max(1, |target|) is blamed on the step (an accurate step moves H by about its tolerance).
+_LARGE_STEP = 0.01
 _ADAPTIVE = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "fehlberg2")
 
 
@@ -93,10 +97,14 @@ def _newton_operator(jac: torch.Tensor) -> torch.Tensor:
     m = jac.shape[-2]
     jac_t = jac.transpose(-1, -2)
     gram = jac @ jac_t
+    if not bool(torch.isfinite(gram).all()):
+        return _guarded_operator(jac)
     if m == 1:  # no linear algebra needed: G is a scalar per sample
         g = gram[..., 0, 0]
-        cutoff = torch.finfo(jac.dtype).eps * g.detach().amax().clamp_min(torch.finfo(g.dtype).tiny)
-        ok = g > cutoff
+        # Each sample on its own (as the pseudo-inverse does for m > 1): singular only where
+        # |J|^2 is zero or subnormal. A cutoff relative to the batch's largest |J|^2 let one
+        # far or NaN sample stop every other one from moving.
+        ok = g > torch.finfo(g.dtype).tiny
         inv = torch.where(ok, 1.0 / torch.where(ok, g, torch.ones_like(g)), 0.0)
         return jac_t * inv[..., None, None]
     chol, info = torch.linalg.cholesky_ex(gram)
@@ -104,6 +112,29 @@ def _newton_operator(jac: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_solve(jac, chol).transpose(-1, -2)
     pinv = torch.linalg.pinv(gram, hermitian=True, rtol=m * torch.finfo(jac.dtype).eps)
     return jac_t @ pinv
+
+
+def _guarded_operator(jac: torch.Tensor) -> torch.Tensor:
+    """:func:`_newton_operator` where some sample's ``J J^T`` is not finite.
+
+    Samples whose ``J`` has NaN/inf entries get no step (they fail, and the failure report
+    says why); samples whose ``J`` is finite but too large to square (``|J| > sqrt(max)``)
+    get the operator of ``J`` with each row scaled to max-abs 1, ``J^+ = Jhat^+ D^{-1}``.
+    The other samples' operator is computed as usual, so it keeps its bits.
+
+    Shapes:
+        jac: ``(..., m, n)``; returns ``(..., n, m)``.
+    """
+    finite = torch.isfinite(jac).flatten(-2).all(-1)  # (...)
+    safe = torch.where(finite[..., None, None], jac, 0.0)
+    scale = safe.detach().abs().amax(-1, keepdim=True)  # (..., m, 1)
+    huge = finite & (scale > torch.finfo(jac.dtype).max ** 0.5 / jac.shape[-1]).any(-2)[..., 0]
+    plain = _newton_operator(torch.where(huge[..., None, None], 0.0, safe))
+    if not bool(huge.any()):
+        return plain
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scaled = _newton_operator(safe / scale) / scale.transpose(-1, -2)
+    return torch.where(huge[..., None, None], scaled, plain)
 
 
 def _jacobian_rule(H: Callable, x: torch.Tensor, keep: bool, m: int | None,
@@ -244,6 +275,17 @@ def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | fl
     iteration: gradients flow through the evaluations of ``H`` but not through ``J``, so
     they miss the term of ``dJ/dx`` times the correction.
 
+    Each sample is decided on its own: whether its ``J`` is singular (``|J|^2`` zero or
+    subnormal for ``m = 1``; the pseudo-inverse's cutoff relative to its own ``J J^T`` for
+    ``m > 1``), when it has converged, and its best iterate. A NaN sample, or one far from the
+    level set, leaves the others to converge as they would alone. ``J`` too large to square
+    (``|J| > sqrt(finfo.max)``) is rescaled row by row first; a sample whose ``J`` is NaN or
+    infinite does not move. A failure names the failing samples' indices and, per group of
+    them, the cause found: a non-finite ``target`` or ``x``, ``H`` not finite at the state,
+    ``H`` computed in a lower precision than ``x`` (the residual stalls near float32's
+    resolution for float64 states), a critical point of ``H``, a residual still falling when
+    ``max_iter`` ran out, or a level set out of reach.
+
     Args:
         x: states to project.
         H: the invariants, ``H(x) -> (..., m)`` or ``(...,)``, acting on each state separately.
@@ -260,11 +302,12 @@ def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | fl
         The projected states, same shape, dtype and device as ``x``.
 
     Raises:
-        ConvergenceError: a sample did not reach the tolerance within ``max_iter`` iterations
-            (unreachable level, singular ``J``), with ``on_failure="raise"``.
+        ConvergenceError: a sample did not reach the tolerance within ``max_iter`` iterations,
+            with ``on_failure="raise"`` (the message names the samples and the cause).
         ValueError: bad ``tol``, ``max_iter``, ``on_failure``, ``jacobian``, ``target`` shape,
             or ``m > n``.
-        TypeError: ``x`` is not a tensor or ``H`` not callable.
+        TypeError: ``x`` is not a floating-point tensor, ``H`` not callable or not returning
+            floating-point values.
 
     Shapes:
         x: ``(..., n)``; target: broadcastable to ``(..., m)``; returns ``(..., n)``.
@@ -277,7 +320,7 @@ def project_to_level_set(x: torch.Tensor, H: Callable, target: torch.Tensor | fl
     """
     x, tgt, tol_t = _check_projection_args(x, H, target, tol, max_iter, on_failure, jacobian)
     y, iters, err, ok = _newton(x, H, tgt, tol_t, max_iter, jacobian=jacobian)
-    _report_failure(err, ok, iters, tol_t, on_failure)
+    _report_failure(err, ok, iters, tol_t, on_failure, x=x, y=y, H=H, target=tgt)
     return y
 
 
@@ -285,6 +328,7 @@ def _check_projection_args(x: object, H: Callable, target: object, tol: object,
                            max_iter: object, on_failure: object, jacobian: object):
     check_state(x)
     check_callable(H, "H")
+    matching_dtype(H, "H", x.dtype, "x")
     _check_tol(tol)
     positive_int(max_iter, "max_iter")
     if on_failure not in _ON_FAILURE:
@@ -298,23 +342,150 @@ def _check_projection_args(x: object, H: Callable, target: object, tol: object,
 
 
 def _report_failure(err: torch.Tensor, ok: torch.Tensor, iters: torch.Tensor,
-                    tol: torch.Tensor, on_failure: str) -> None:
+                    tol: torch.Tensor, on_failure: str, *, x: torch.Tensor, y: torch.Tensor,
+                    H: Callable, target: torch.Tensor, piece: tuple | None = None) -> None:
+    """Raise or warn where a sample did not converge, naming the samples and the cause.
+
+    ``x`` are the states Newton started from, ``y`` its best iterates; ``piece``, the times
+    ``(t0, t1)`` of the solver step that led there (``t1`` None: output times inside one
+    step), in ``odeint_projected``. The causes are looked for only here, on failure.
+    """
     if bool(ok.all()):
         return
+    when = ""
+    if piece is not None:
+        t0, t1 = piece
+        when = (f" after the solver's step from t = {float(t0):.6g} to t = {float(t1):.6g}"
+                if t1 is not None else f" within a solver step after t = {float(t0):.6g}")
     bad = ~ok
     worst = torch.where(bad, err, -torch.inf).argmax()
     # tol may broadcast against the states (one tolerance for a stack of them)
-    tol = tol.expand(*err.shape, tol.shape[-1]).reshape(-1, tol.shape[-1])
+    tol = tol.expand(*err.shape, tol.shape[-1])
+    flat_tol = tol.reshape(-1, tol.shape[-1])
+    causes = _failure_causes(bad, x, y, H, target.expand(*err.shape, target.shape[-1]), err,
+                             iters, tol, in_solver=piece is not None)
     msg = (f"Newton projection onto the level set did not converge for {int(bad.sum())} of "
-           f"{ok.numel()} sample(s): worst residual max|H - target| = "
+           f"{ok.numel()} sample(s){when}: worst residual max|H - target| = "
            f"{float(err.reshape(-1)[worst]):.3e} after {int(iters.reshape(-1)[worst])} "
-           f"iteration(s), tolerance {float(tol[worst].min()):.3e}. "
-           "The level set "
-           "may be unreachable from the state (e.g. a negative target for a sum of squares) "
-           "or dH/dx singular; check `target`, or raise `tol` / `max_iter`")
+           f"iteration(s), tolerance {float(flat_tol[worst].min()):.3e}. {causes}")
     if on_failure == "raise":
         raise ConvergenceError(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _failure_causes(bad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, H: Callable,
+                    target: torch.Tensor, err: torch.Tensor, iters: torch.Tensor,
+                    tol: torch.Tensor, *, in_solver: bool) -> str:
+    """Text naming, for each group of failed samples, what went wrong, first cause first.
+
+    ``x`` are the states Newton started from, ``y`` its best iterates.
+    """
+    parts: list[str] = []
+    left = bad.clone()
+
+    def take(mask: torch.Tensor, text: Callable[[torch.Tensor], str]) -> None:
+        nonlocal left
+        mask = mask & left
+        if bool(mask.any()):
+            label = f"sample(s) {format_indices(mask)}: " if mask.dim() else ""
+            parts.append(label + text(mask))
+            left = left & ~mask
+
+    with torch.no_grad():
+        x, y, target = x.detach(), y.detach(), target.detach()
+        scale = target.abs().clamp_min(1.0).amax(-1)
+        take(~torch.isfinite(target).all(-1),
+             lambda _: "`target` is not finite (NaN or inf), so there is no level to reach; "
+                       "check `target`")
+        take(~torch.isfinite(x).all(-1), lambda _: (
+            "the solver's state is not finite (NaN or inf) after the step: the step is too "
+            "large for the field (unstable), or the field is not finite there; reduce the step "
+            "size (options={'step_size': ...}), add `substeps`, or use an adaptive method"
+            if in_solver else "`x` is not finite (NaN or inf): there is nothing to project; "
+                              "check `x`"))
+        if bool(left.any()):
+            h = evaluate_invariants(H, x)
+            start = (h - target).abs().amax(-1)
+            take(~torch.isfinite(h).all(-1),
+                 lambda _: "`H(x)` is not finite (NaN or inf) at the state: check that the "
+                           "state lies in the domain of `H` (a log, a sqrt, a division?)")
+            low = _lower_precision(evaluate_invariants(H, y), x, err, scale)
+            take(low, lambda mask: _precision_text(h.dtype, x.dtype, err, tol, scale, mask, True))
+            if in_solver:  # an accurate step moves H by about the solver's tolerance
+                take(start > _LARGE_STEP * scale, lambda mask: (
+                    f"the solver step moved `H` off its level by up to "
+                    f"{float(start[mask].max()):.3g} (over {_LARGE_STEP:.0%} of max(1, "
+                    "|target|)), too far for Newton to bring it back: the step is too large "
+                    "for the field (unstable or inaccurate); reduce the step size "
+                    "(options={'step_size': ...}), add `substeps`, or use an adaptive method"))
+            take(_singular(H, x), lambda _: (
+                "dH/dx is zero or not finite at the state (a critical point of `H`): Newton "
+                "has no direction to move along; start from another state"))
+            take(_still_falling(left, y, H, target, tol, err), lambda mask: (
+                f"the residual was still falling after {int(iters[mask].max())} iteration(s) "
+                f"(from {float(start[mask].max()):.3g} to {float(err[mask].max()):.3g}): the "
+                "state is far from the level set; raise `max_iter`"))
+            # Stalled, close to the level set, far above the states' resolution.
+            near = err <= 1e3 * torch.finfo(torch.float32).eps * scale
+            if x.dtype == torch.float64:
+                take(near, lambda mask: _precision_text(h.dtype, x.dtype, err, tol, scale, mask,
+                                                        False))
+        take(left, lambda _: (
+            "the residual stopped decreasing: the level set may be unreachable from the state "
+            "(e.g. a negative target for a sum of squares) or dH/dx nearly singular there; "
+            "check `target`, or raise `tol` / `max_iter`"))
+    return "Cause: " + "; ".join(parts)
+
+
+def _lower_precision(h: torch.Tensor, x: torch.Tensor, err: torch.Tensor,
+                     scale: torch.Tensor) -> torch.Tensor:
+    """Samples where ``H`` evidently computes in a lower precision than ``x``."""
+    if torch.finfo(h.dtype).eps > torch.finfo(x.dtype).eps:
+        return torch.ones_like(err, dtype=torch.bool)
+    if x.dtype != torch.float64:
+        return torch.zeros_like(err, dtype=torch.bool)
+    # Values that are all float32 numbers, and a residual stuck near float32's resolution:
+    # H casts the state down and its result back up (chance for a float64 H: ~1e-9 a value).
+    single = (h == h.float().to(h.dtype)).all(-1)
+    return single & (err <= 1e3 * torch.finfo(torch.float32).eps * scale)
+
+
+def _precision_text(h_dtype: torch.dtype, x_dtype: torch.dtype, err: torch.Tensor,
+                    tol: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor,
+                    evident: bool) -> str:
+    low = h_dtype if torch.finfo(h_dtype).eps > torch.finfo(x_dtype).eps else torch.float32
+    floor = torch.finfo(low).eps * float(scale[mask].max())
+    why = (f"`H` computes in {low} for {x_dtype} states (its values are {low} numbers)"
+           if evident else
+           f"`H` is evaluated less precisely than the states (e.g. in {low} inside, a "
+           "`.float()`, or noise)")
+    return (f"{why}: the residual stalls at {float(err[mask].max()):.1e}, near {low}'s "
+            f"resolution {floor:.1e} and above the tolerance {float(tol[mask].min()):.1e} "
+            f"meant for {x_dtype}; compute `H` in {x_dtype} (e.g. `H.to({x_dtype})`, no "
+            f"`.float()` inside it), or pass `tol` >= {4 * floor:.0e}")
+
+
+def _still_falling(mask: torch.Tensor, y: torch.Tensor, H: Callable, target: torch.Tensor,
+                   tol: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+    """Samples whose residual a few more Newton iterations from ``y`` still halve."""
+    out = torch.zeros_like(mask)
+    if not bool(mask.any()):
+        return out
+    try:
+        _, _, more, _ = _newton(y[mask], H, target[mask], tol[mask], 5)
+    except (TypeError, ValueError, RuntimeError):
+        return out
+    out[mask] = more < 0.5 * err[mask]
+    return out
+
+
+def _singular(H: Callable, x: torch.Tensor) -> torch.Tensor:
+    """Samples where ``dH/dx`` has a zero row or a NaN/inf entry (none if it can't be taken)."""
+    try:
+        _, jac = invariant_jacobian(H, x, create_graph=False)
+    except (TypeError, ValueError, RuntimeError):  # e.g. an H that autograd cannot follow
+        return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+    return (jac == 0).all(-1).any(-1) | ~torch.isfinite(jac).flatten(-2).all(-1)
 
 
 class _SteppedField:
@@ -327,7 +498,7 @@ class _SteppedField:
     would warn about an unsupported callback, and one persistent solver needs no record).
     """
 
-    def __init__(self, f: Callable, record: bool) -> None:
+    def __init__(self, f: Callable, record: bool, max_steps: int | None = None) -> None:
         self.f = f
         self.arity = field_arity(f)
         self.last_step: float | None = None
@@ -339,6 +510,35 @@ class _SteppedField:
             self.callback_accept_step = self._recorder(inner)
         elif inner is not None:
             self.callback_accept_step = inner
+        # The step budget: torchdiffeq calls ``callback_step`` before every step (accepted or
+        # rejected) of its own solvers; the count restarts at each piece (``start_piece``).
+        self.max_steps = max_steps
+        self.steps = 0
+        self.piece: tuple[torch.Tensor | float, torch.Tensor | float] = (0.0, 0.0)
+        if max_steps is not None:
+            self.callback_step = self._counter(getattr(f, "callback_step", None))
+
+    def start_piece(self, t0: torch.Tensor, t1: torch.Tensor) -> None:
+        """Restart the step count for the piece from ``t0`` to ``t1``."""
+        self.steps = 0
+        self.piece = (t0, t1)  # read as floats only for an error message
+
+    def _counter(self, inner: Callable | None) -> Callable:
+        def count(t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
+            self.steps += 1
+            if self.steps > self.max_steps:
+                msg = (f"odeint_projected: more than max_steps = {self.max_steps} solver steps "
+                       f"between t = {float(self.piece[0]):.6g} and t = "
+                       f"{float(self.piece[1]):.6g} (now at "
+                       f"t = {float(t0):.6g}, step {float(dt):.3g}). The field is stiff there: "
+                       "e.g. near a critical point of `H` (dH/dx -> 0), where a projected "
+                       "field turns ever faster, or the tolerances are too tight for it. Start "
+                       "away from critical points of `H`, loosen rtol/atol, or raise "
+                       "`max_steps` (None: no limit)")
+                raise RuntimeError(msg)
+            if inner is not None:
+                inner(t0, y0, dt)
+        return count
 
     def _recorder(self, inner: Callable | None) -> Callable:
         def record(t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
@@ -351,30 +551,40 @@ class _SteppedField:
         return call_field(self.f, self.arity, t, x, "func")
 
 
-def _check_odeint_args(func: Callable, x0: object, t: object, substeps: object,
-                       odeint_kwargs: dict) -> None:
+def _check_odeint_args(func: Callable, x0: object, t: object, H: Callable, substeps: object,
+                       max_steps: object, odeint_kwargs: dict) -> None:
     check_callable(func, "func")
     if not isinstance(x0, torch.Tensor) or x0.dim() == 0:
         got = f"shape {tuple(x0.shape)}" if isinstance(x0, torch.Tensor) else type(x0).__name__
         msg = f"`x0` must be a torch.Tensor of shape (..., n), got {got}"
         raise TypeError(msg) if not isinstance(x0, torch.Tensor) else ValueError(msg)
+    check_state(x0, "x0")
+    finite_states(x0, "x0")
     if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() < 1:
         got = f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
         msg = f"`t` must be a 1-D tensor of output times, got {got}"
         raise ValueError(msg)
     positive_int(substeps, "substeps")
+    if max_steps is not None:
+        positive_int(max_steps, "max_steps")
     unknown = sorted(set(odeint_kwargs) - set(_ODEINT_KWARGS))
     if unknown:
         msg = (f"odeint_projected() got unexpected keyword argument(s) {unknown}; the solver "
                f"arguments passed on to torchdiffeq.odeint are {list(_ODEINT_KWARGS)}")
         raise TypeError(msg)
+    for name in ("rtol", "atol"):
+        if name in odeint_kwargs:
+            solver_tolerance(odeint_kwargs[name], name)
+    check_callable(H, "H")
+    matching_dtype(func, "func", x0.dtype, "x0")
+    matching_dtype(H, "H", x0.dtype, "x0")
 
 
 def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Callable, *,
                      target: torch.Tensor | float | None = None, tol: float | None = None,
                      max_iter: int = 20, substeps: int = 1, interpolate: bool = False,
                      jacobian: str = "auto", return_info: bool = False,
-                     **odeint_kwargs: object):
+                     max_steps: int | None = 10_000, **odeint_kwargs: object):
     """``torchdiffeq.odeint`` with a Newton projection onto ``H(x) = H(x0)`` after each step.
 
     Integrates from each output time to the next (split into ``substeps`` equal pieces) and
@@ -417,16 +627,35 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
         jacobian: how the projection takes ``dH/dx``: ``"auto"``, ``"autograd"`` or
             ``"differences"`` (see :func:`project_to_level_set`).
         return_info: also return a :class:`ProjectionInfo`.
-        **odeint_kwargs: ``rtol``, ``atol``, ``method``, ``options`` for torchdiffeq.odeint.
+        max_steps: the most solver steps (accepted and rejected) between two projections,
+            i.e. within one piece; ``None`` for no limit (and for ``method="scipy_solver"``,
+            which takes no step callback). The default is far above what a non-stiff field
+            needs per output interval, and stops a run that would otherwise go on for
+            hours: near a critical point of ``H`` the projected field is stiff (see
+            :class:`~concernet_ode.ProjectedVectorField`).
+        **odeint_kwargs: ``rtol``, ``atol`` (finite, ``>= 0``), ``method``, ``options`` for
+            torchdiffeq.odeint.
 
     Returns:
         The states at ``t``, ``(T, ..., n)``; with ``return_info=True`` the pair
         ``(states, info)``.
 
+    Checked before any work: ``x0`` non-empty and finite (plain ``torchdiffeq.odeint`` from a
+    NaN/inf or empty ``x0`` stops with "underflow in dt 0.0", or integrates NaN with a fixed
+    step), ``rtol``/``atol`` finite and ``>= 0``, and ``func`` and ``H``, where they are
+    ``nn.Module`` s, holding parameters of ``x0``'s dtype (float64 data, such as the systems'
+    ``trajectories`` return, and a float32 network, as ``MLP`` creates, do not mix).
+
     Raises:
-        ConvergenceError: a projection did not converge (see :func:`project_to_level_set`).
-        TypeError: ``func``/``H`` not callable, ``x0`` not a tensor, unknown keyword argument.
-        ValueError: bad ``t``, ``target``, ``tol``, ``max_iter``, ``substeps`` or ``jacobian``;
+        ConvergenceError: a projection did not converge (see :func:`project_to_level_set`);
+            the message gives the time and the cause, e.g. a solver step that moved ``H``
+            far off its level (a step too large for the field).
+        RuntimeError: more than ``max_steps`` solver steps in one piece.
+        TypeError: ``func``/``H`` not callable, ``x0`` not a floating-point tensor, an
+            ``nn.Module`` ``func``/``H`` with parameters of another dtype than ``x0``, unknown
+            keyword argument.
+        ValueError: ``x0`` empty or not finite; bad ``t``, ``target``, ``tol``, ``max_iter``,
+            ``substeps``, ``max_steps``, ``rtol``, ``atol`` or ``jacobian``;
             ``interpolate=True`` with a method that is not an adaptive Runge-Kutta one.
 
     Shapes:
@@ -442,16 +671,19 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
         >>> float((H(xs) - 1).abs().max()) < 1e-12
         True
     """
-    _check_odeint_args(func, x0, t, substeps, odeint_kwargs)
+    _check_odeint_args(func, x0, t, H, substeps, max_steps, odeint_kwargs)
     if not isinstance(interpolate, bool):
         msg = f"`interpolate` must be True or False, got {interpolate!r}"
         raise TypeError(msg)
     level = evaluate_invariants(H, x0) if target is None else target
     _, tgt, tol_t = _check_projection_args(x0, H, level, tol, max_iter, "raise", jacobian)
+    _check_level(tgt, target is None)
     user_options = dict(odeint_kwargs.pop("options", None) or {})
     odeint_kwargs.setdefault("method", "dopri5")
     times = _piece_times(t.to(x0.dtype) if not t.is_floating_point() else t, substeps)
-    field = _SteppedField(func, record=False)
+    # torchdiffeq's SciPy wrapper takes no step callbacks (and would warn about one).
+    budget = max_steps if odeint_kwargs["method"] != "scipy_solver" else None
+    field = _SteppedField(func, record=False, max_steps=budget)
     stepper = make_stepper(field, x0, times, {**odeint_kwargs, "options": user_options})
     if stepper is None:  # one odeint call per piece, each starting with the last step
         if interpolate and times.shape[0] > 1:
@@ -459,14 +691,16 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
                    "without the options min_step, step_t or jump_t; got "
                    f"method={odeint_kwargs['method']!r}, options={user_options}")
             raise ValueError(msg)
-        field = _SteppedField(func, record=odeint_kwargs["method"] in _ADAPTIVE)
+        field = _SteppedField(func, record=odeint_kwargs["method"] in _ADAPTIVE,
+                              max_steps=budget)
     states, log = [x0], []
     x = x0
     corrected = False  # whether the last projection moved the state: then expect another
     k, last = 0, times.shape[0] - 1
     while k < last:
+        field.start_piece(times[k], times[k + 1])
         if interpolate and stepper.outputs_in_next_step(k + 1) >= 2:
-            done = _project_step(stepper, k, H, tgt, tol_t, max_iter, jacobian)
+            done = _project_step(stepper, k, H, tgt, tol_t, max_iter, jacobian, times[k])
             for piece, (xk, iters, err) in enumerate(done, start=k + 1):
                 log.append((iters, err))
                 if piece % substeps == 0:
@@ -486,7 +720,8 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
         corrected = x is not unprojected
         if stepper is not None and corrected:  # else the solver's state stands
             stepper.restart_from(x, stepper.times[k + 1])
-        _report_failure(err, ok, iters, tol_t, "raise")
+        _report_failure(err, ok, iters, tol_t, "raise", x=unprojected, y=x, H=H, target=tgt,
+                        piece=(times[k], times[k + 1]))
         log.append((iters, err))
         k += 1
         if k % substeps == 0:
@@ -502,7 +737,7 @@ def odeint_projected(func: Callable, x0: torch.Tensor, t: torch.Tensor, H: Calla
 
 
 def _project_step(stepper, k: int, H: Callable, target: torch.Tensor, tol: torch.Tensor,
-                  max_iter: int, jacobian: str,
+                  max_iter: int, jacobian: str, start: torch.Tensor,
                   ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One solver step of its own size across several output times, projected in one go.
 
@@ -518,9 +753,23 @@ def _project_step(stepper, k: int, H: Callable, target: torch.Tensor, tol: torch
     batch = end.unsqueeze(0) if inner is None else torch.cat([inner, end.unsqueeze(0)])
     x, iters, err, ok = _newton(batch, H, target, tol, max_iter, eager_jacobian=True,
                                 jacobian=jacobian)
-    _report_failure(err, ok, iters, tol, "raise")
+    _report_failure(err, ok, iters, tol, "raise", x=batch, y=x, H=H, target=target,
+                    piece=(start, None))
     stepper.restart_from(x[-1], stepper.times[k + 1 + j] if on_end else None)
     return [(x[i], iters[i], err[i]) for i in range(j + on_end)]
+
+
+def _check_level(target: torch.Tensor, from_x0: bool) -> None:
+    """Raise before integrating if the level to hold is NaN/inf for some trajectory."""
+    bad = ~torch.isfinite(target.detach()).all(-1)
+    if not bool(bad.any()):
+        return
+    where = f" at sample(s) {format_indices(bad)}" if bad.dim() else ""
+    msg = (f"`H(x0)` is not finite (NaN or inf){where}: there is no level to hold; check that "
+           "`x0` lies in the domain of `H`, or pass `target`" if from_x0 else
+           f"`target` is not finite (NaN or inf){where}: there is no level to hold; check "
+           "`target`")
+    raise ValueError(msg)
 
 
 def _piece_times(t: torch.Tensor, substeps: int) -> torch.Tensor:

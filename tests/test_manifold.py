@@ -1,6 +1,7 @@
 """Tests for the level-set Newton projection and odeint_projected (concernet_ode.manifold)."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -474,3 +475,157 @@ def test_odeint_projected_argument_errors():
         odeint_projected(SpringMass().vector_field, [1.0, 0.0], t, circle)
     with pytest.raises(ValueError, match=r"`x0` must be a torch\.Tensor of shape"):
         odeint_projected(SpringMass().vector_field, torch.tensor(1.0), t, circle)
+
+
+# ----------------------------------------------------------------------------------------
+# Never silently wrong (issue 19): each sample on its own, the cause named, a step budget
+
+
+@pytest.mark.parametrize(("bad", "cause"), [
+    # one NaN sample, or one far away, stopped every other from being projected (float32:
+    # the good samples were left at |H - 1| = 0.07 and 0.05; the error counted 3 of 3)
+    ([math.nan, 0.0], r"sample\(s\) \[1\]: `x` is not finite \(NaN or inf\)"),
+    ([1e9, 0.0], r"sample\(s\) \[1\]: the residual was still falling after 20 iteration\(s\) "
+                 r"\(from 1e\+18 .*raise `max_iter`"),
+])
+def test_one_bad_sample_leaves_the_others_to_converge(bad, cause):
+    x = torch.tensor([[1.3, 0.0], bad, [0.0, 0.8]], dtype=torch.float32)
+    with pytest.warns(RuntimeWarning, match=r"did not converge for 1 of 3 sample\(s\).*" + cause):
+        y = project_to_level_set(x, circle, 1.0, on_failure="warn")
+    good = (circle(y.detach()) - 1).abs()[[0, 2]]
+    assert float(good.max()) <= 2.9e-6  # the default float32 tolerance, as alone
+
+
+def test_one_nan_sample_of_several_invariants_leaves_the_others_alone():
+    x0 = kepler_states(4)
+    x = x0 + 1e-2
+    x[2, 0] = math.nan
+    with pytest.warns(RuntimeWarning, match=r"1 of 4 sample\(s\).*\[2\]: `x` is not finite"):
+        y = project_to_level_set(x, Kepler().invariants, Kepler().invariants(x0),
+                                 on_failure="warn")
+    err = (Kepler().invariants(y.detach()) - Kepler().invariants(x0)).abs().amax(-1)
+    assert float(err[[0, 1, 3]].max()) <= 1e-12
+
+
+def test_a_jacobian_too_large_to_square_still_projects():
+    # |J|^2 = 5e320 overflows float64: no sample moved before
+    def H(x):
+        return 1e160 * (x[..., 0] + 2 * x[..., 1])
+
+    x = torch.tensor([[1.0, 1.0], [0.5, 0.2]], dtype=torch.float64)
+    y = project_to_level_set(x, H, 1e160, jacobian="autograd")
+    assert float((H(y) / 1e160 - 1).abs().max()) <= 1e-15
+
+
+def _stalling_in_float32(x):
+    return circle(x.float()).double()
+
+
+@pytest.mark.parametrize(("x", "H", "target", "cause"), [
+    ([[1.3, 0.0], [0.0, 0.8]], circle, [[1.0], [math.nan]],
+     r"sample\(s\) \[1\]: `target` is not finite \(NaN or inf\), so there is no level to reach"),
+    ([[1.3, 0.0], [math.nan, 0.8]], circle, 1.0,
+     r"sample\(s\) \[1\]: `x` is not finite \(NaN or inf\): there is nothing to project"),
+    ([[1.3, 0.0], [0.0, 0.8]], _stalling_in_float32, 0.7,  # stalled at 1e-8 > 3e-13
+     r"sample\(s\) \[0, 1\]: `H` computes in torch\.float32 for torch\.float64 states .*"
+     r"stalls at 1\.2e-08.*pass `tol` >= 5e-07"),
+    ([[1.3, 0.0], [0.0, 0.8]], lambda x: circle(x.float()), 0.7,
+     r"`H` computes in torch\.float32 for torch\.float64 states"),
+    ([[1.3, 0.0], [0.0, 0.8]], lambda x: 1.7 * circle(x.float()).double(), 0.7,
+     r"`H` is evaluated less precisely than the states \(e\.g\. in torch\.float32 inside"),
+    ([[0.0, 0.0]], circle, 1.0,
+     r"sample\(s\) \[0\]: dH/dx is zero or not finite at the state \(a critical point of `H`\)"),
+    ([[1.0, 0.0]], circle, -1.0, r"the level set may be unreachable from the state"),
+])
+def test_convergence_error_names_the_cause(x, H, target, cause):
+    x = torch.tensor(x, dtype=torch.float64)
+    target = torch.as_tensor(target, dtype=torch.float64)
+    with pytest.raises(ConvergenceError, match=r"did not converge .*Cause: .*" + cause):
+        project_to_level_set(x, H, target)
+
+
+def test_an_unstable_fixed_step_is_named_as_the_cause():
+    # rk4 at step 10 on a spring of frequency 2: the state grows ~6600x a step
+    field = SpringMass().vector_field
+    x0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    t = torch.linspace(0, 100, 3, dtype=torch.float64)
+    with pytest.raises(ConvergenceError, match=r"after the solver's step from t = 0 to t = 50: .*"
+                                               r"Cause: the solver step moved `H` off its level "
+                                               r"by up to .*the step is too large for the field"):
+        odeint_projected(field, x0, t, circle, method="rk4", options={"step_size": 10.0})
+
+
+def _near_critical(t, x):
+    return torch.stack([2 * x[..., 1] + 0.3, -2 * x[..., 0] + 0.1], -1)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"method": "rk4", "options": {"step_size": 1e-4}},
+                                    {"interpolate": True}])
+def test_step_budget_stops_a_stiff_run_with_a_clear_error(kwargs):
+    # |x0| = 1e-4 from the critical point of |x|^2: the projected field turns at ~1e4 rad/s
+    # (some 7200 evaluations for t in [0, 1]; from x0 = 0 plain odeint did not finish)
+    x0 = torch.tensor([1e-4, 0.0], dtype=torch.float64)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    field = ProjectedVectorField(_near_critical, circle)
+    with torch.no_grad(), pytest.raises(
+            RuntimeError, match=r"odeint_projected: more than max_steps = 200 solver steps "
+                                r"between t = 0 and t = 0\.5 .*critical point"):
+        odeint_projected(field, x0, t, circle, max_steps=200, **kwargs)
+
+
+def test_step_budget_default_and_none():
+    x0 = torch.tensor([0.7, 0.2], dtype=torch.float64)
+    t = torch.linspace(0, 2, 3, dtype=torch.float64)
+    field = SpringMass().vector_field
+    a = odeint_projected(field, x0, t, circle)
+    b = odeint_projected(field, x0, t, circle, max_steps=None)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="`max_steps` must be a positive int, got 0"):
+        odeint_projected(field, x0, t, circle, max_steps=0)
+
+
+@pytest.mark.parametrize(("x0", "kwargs", "exc", "match"), [
+    # each ended in torchdiffeq's "underflow in dt 0.0", or was accepted silently (rtol=-1)
+    (torch.tensor([math.nan, 0.0]), {}, ValueError, r"`x0` is not finite \(NaN or inf\): a "
+                                                    r"solver cannot start from such a state"),
+    (torch.tensor([[1.0, 0.0], [math.inf, 0.0]]), {}, ValueError,
+     r"`x0` is not finite \(NaN or inf\) at 1 of 2 sample\(s\), indices \[1\]"),
+    (torch.zeros(0, 2), {}, ValueError, r"`x0` is empty \(shape \(0, 2\)\)"),
+    (torch.ones(2, dtype=torch.int64), {}, TypeError,
+     r"`x0` must be a floating-point tensor, got dtype torch\.int64"),
+    (torch.ones(2), {"rtol": -1}, ValueError, r"`rtol` must be a finite number >= 0 .*got -1"),
+    (torch.ones(2), {"atol": math.nan}, ValueError, r"`atol` must be a finite number >= 0"),
+    (torch.ones(3, 2), {"target": torch.tensor([[1.0], [math.nan], [1.0]])}, ValueError,
+     r"`target` is not finite \(NaN or inf\) at sample\(s\) \[1\]: there is no level to hold"),
+])
+def test_odeint_projected_checks_its_input_up_front(x0, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        odeint_projected(SpringMass().vector_field, x0, torch.linspace(0, 1, 3), circle,
+                         **kwargs)
+
+
+def test_odeint_projected_rejects_an_h_not_finite_at_x0():
+    x0 = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"`H\(x0\)` is not finite \(NaN or inf\) at "
+                                         r"sample\(s\) \[1\]: there is no level to hold"):
+        odeint_projected(SpringMass().vector_field, x0, torch.linspace(0, 1, 3), lambda x:
+                         circle(x) + torch.log(x[..., 0]))
+
+
+def test_odeint_projected_names_both_dtypes_of_a_mismatch():
+    # float64 data (the systems' default) with a float32 network (MLP's default): torch's
+    # "mat1 and mat2 must have the same dtype" before
+    from concernet_ode import MLP
+
+    x0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    torch.manual_seed(0)
+    with pytest.raises(TypeError, match=r"`H` has torch\.float32 parameters but `x0` is "
+                                        r"torch\.float64.*`H\.to\(torch\.float64\)`"):
+        odeint_projected(SpringMass().vector_field, x0, t, MLP(2, 1))
+    with pytest.raises(TypeError, match=r"`func` has torch\.float32 parameters but `x0` is "
+                                        r"torch\.float64"):
+        odeint_projected(MLP(2, 2), x0, t, circle)
+    with pytest.raises(TypeError, match=r"`H` has torch\.float32 parameters but `x` is "
+                                        r"torch\.float64"):
+        project_to_level_set(x0, MLP(2, 1), 1.0)
