@@ -15,6 +15,7 @@ from .manifold import ConvergenceError, odeint_projected, project_to_level_set
 from .metrics import conservation_violation, invariant_fidelity, trajectory_mse
 from .models import MLP, Autoencoder, InvariantNet
 from .projection import DissipativeVectorField, ProjectedVectorField
+from .shooting import fit_trajectories
 from .training import (
     cosine_schedule,
     fit_autoencoder,
@@ -42,6 +43,7 @@ __all__ = [
     "fit_autoencoder",
     "fit_dynamics",
     "fit_invariants",
+    "fit_trajectories",
     "flow_alignment_loss",
     "invariant_fidelity",
     "learn",
