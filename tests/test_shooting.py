@@ -87,7 +87,7 @@ def test_bad_arguments(kwargs, error, match):
 
 def test_bad_data_and_model():
     data = _linear_data(0.0)
-    with pytest.raises(TypeError, match="`model` must be an nn.Module with parameters"):
+    with pytest.raises(TypeError, match=r"`model` must be an nn\.Module with parameters"):
         fit_trajectories(lambda x: x, data)
     with pytest.raises(TypeError, match="`data` must be a TrajectoryData, got Tensor"):
         fit_trajectories(nn.Linear(2, 2), data.x)
