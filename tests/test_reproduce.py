@@ -130,8 +130,10 @@ def test_smoke_seed_scores_every_method():
     result = run_seed(get_task("spring"), 0, Recipe.table1().as_smoke())
     assert list(result.evaluations) == list(METHODS)
     assert set(result.invariant_r2) == {"q^2 + p^2"}
-    # The oracle projects onto the exact invariant: conserved to the solver's accuracy.
-    assert result.evaluations["oracle"].violation < 1e-8
+    # The oracle projects onto the exact invariant: conserved to the solver's accuracy (a
+    # smoke run's rtol 1e-4, squared), far better than the barely trained baseline.
+    oracle = result.evaluations["oracle"].violation
+    assert oracle < 1e-6 and oracle < 1e-2 * result.evaluations["baseline"].violation
     assert {"contrastive", "refine", "dynamics", "evaluate"} <= set(result.seconds)
 
 
