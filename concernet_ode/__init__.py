@@ -17,6 +17,7 @@ from .models import MLP, Autoencoder, InvariantNet
 from .projection import DissipativeVectorField, ProjectedVectorField
 from .shooting import fit_trajectories
 from .training import (
+    NonFiniteLossError,
     cosine_schedule,
     fit_autoencoder,
     fit_dynamics,
@@ -34,6 +35,7 @@ __all__ = [
     "InvariantNet",
     "LatentAdapter",
     "LearnSettings",
+    "NonFiniteLossError",
     "ProjectedVectorField",
     "TrajectoryData",
     "conservation_violation",

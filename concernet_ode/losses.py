@@ -329,8 +329,9 @@ def flow_alignment_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> tor
     inner = (jac * dxdt.unsqueeze(-2)).sum(-1)
     norms = jac.pow(2).sum(-1) * dxdt.pow(2).sum(-1, keepdim=True)
     tiny = torch.finfo(jac.dtype).tiny
-    safe = torch.where(norms > tiny, norms, torch.ones_like(norms))
-    return torch.where(norms > tiny, inner.pow(2) / safe, 0.0).mean()
+    vanishing = norms <= tiny  # NaN norms are not vanishing: they propagate
+    safe = torch.where(vanishing, torch.ones_like(norms), norms)
+    return torch.where(vanishing, 0.0, inner.pow(2) / safe).mean()
 
 
 def normal_flow_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> torch.Tensor:
@@ -365,7 +366,9 @@ def normal_flow_loss(H: Callable, x: torch.Tensor, dxdt: torch.Tensor) -> torch.
         sq = g.pow(2).sum(-1)
         tiny = torch.finfo(g.dtype).tiny
         inner = (g * dxdt).sum(-1)
-        return torch.where(sq > tiny, inner.pow(2) / torch.where(sq > tiny, sq, 1.0),
-                           0.0).mean()
+        # a vanishing gradient counts as no normal flow; a NaN one stays NaN, not 0
+        vanishing = sq <= tiny
+        return torch.where(vanishing, 0.0,
+                           inner.pow(2) / torch.where(vanishing, 1.0, sq)).mean()
     normal = (orthonormal_rows(jac) * dxdt.unsqueeze(-2)).sum(-1)  # (..., m)
     return normal.pow(2).sum(-1).mean()

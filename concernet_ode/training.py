@@ -5,6 +5,11 @@ All of them share one loop: Adam (AdamW with ``weight_decay``), a seeded shuffle
 tqdm bar showing the loss, and a history of per-epoch mean losses. Model initialisation is
 the caller's (seed it with ``torch.manual_seed`` before building the model); the trainers
 seed only the data order.
+
+Every trainer checks its data once before the first epoch (non-empty, finite) and casts it
+to the dtype of the model's trainable parameters, so the float64 data of
+:mod:`concernet_ode.systems` train the float32 networks of :mod:`concernet_ode.models` as they
+are; a loss that turns NaN or infinite stops the training with an error naming the epoch.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypedDict
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import positive_int
-from ._jacobian import call_field, check_callable, field_arity
+from ._checks import positive_int, training_data
+from ._jacobian import call_field, check_callable, field_arity, invariant_jacobian
 from .data import TrajectoryData
 from .losses import (
     check_positives,
@@ -29,12 +35,37 @@ from .losses import (
     ranking_loss,
     standardize_features,
 )
-from .projection import _GradientConstrainedField
+from .projection import _GradientConstrainedField, orthonormal_rows
 
-__all__ = ["cosine_schedule", "fit_autoencoder", "fit_dynamics", "fit_invariants",
-           "refine_invariants"]
+__all__ = ["NonFiniteLossError", "RefineHistory", "cosine_schedule", "fit_autoencoder",
+           "fit_dynamics", "fit_invariants", "refine_invariants"]
 
 History = dict[str, list[float]]
+
+
+class RefineHistory(TypedDict):
+    """What :func:`refine_invariants` did.
+
+    Attributes:
+        loss: per-epoch mean training loss (epochs run, fewer after an early stop).
+        val_loss: the guard's held-out score (the normal flow, a lost invariant counted as
+            all of the flow) of the starting state, then after each epoch (one more entry
+            than ``loss``); empty with ``validation=None``.
+        best_epoch: the epoch whose state the model holds at the end; 0 is the starting
+            state (with ``validation=None``, the last epoch).
+        stopped_early: no improvement on the held-out data for ``patience`` epochs.
+        restored_start: no epoch improved on the start, so the model is as it was given.
+    """
+
+    loss: list[float]
+    val_loss: list[float]
+    best_epoch: int
+    stopped_early: bool
+    restored_start: bool
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the epoch."""
 
 
 def _check_data(data: object, name: str = "data") -> TrajectoryData:
@@ -42,6 +73,40 @@ def _check_data(data: object, name: str = "data") -> TrajectoryData:
         msg = f"`{name}` must be a TrajectoryData, got {type(data).__name__}"
         raise TypeError(msg)
     return data
+
+
+def _check_model(model: object, name: str = "model") -> nn.Module:
+    if not isinstance(model, nn.Module):
+        msg = (f"`{name}` must be an nn.Module with parameters to train (e.g. an MLP or an "
+               f"InvariantNet), got {type(model).__name__}; wrap a plain function in an "
+               f"nn.Module that holds its parameters")
+        raise TypeError(msg)
+    return model
+
+
+def _model_dtype(model: nn.Module, name: str) -> torch.dtype | None:
+    """The dtype of ``model``'s trainable floating parameters (``None`` if it has none)."""
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad and p.is_floating_point()}
+    if len(dtypes) > 1:
+        msg = (f"`{name}` has trainable parameters of several dtypes "
+               f"({', '.join(sorted(map(str, dtypes)))}): convert it to one, e.g. "
+               f"`{name}.float()` or `{name}.double()`")
+        raise TypeError(msg)
+    return next(iter(dtypes), None)
+
+
+def _prepare(data: TrajectoryData, model: nn.Module, model_name: str = "model",
+             name: str = "data") -> TrajectoryData:
+    """``data`` checked (non-empty, finite) and cast to ``model``'s dtype."""
+    if data.n_traj == 0 or data.n_times == 0:
+        msg = (f"`{name}` holds no samples (x of shape {tuple(data.x.shape)}): pass at least "
+               "one trajectory with at least one time")
+        raise ValueError(msg)
+    training_data(data.x, f"{name}.x")
+    if data.dxdt is not None:
+        training_data(data.dxdt, f"{name}.dxdt")
+    dtype = _model_dtype(model, model_name)
+    return data if dtype is None or dtype == data.x.dtype else data.to(dtype)
 
 
 def _check_lr(lr: object) -> float:
@@ -90,7 +155,9 @@ def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
          seed: int, progress: bool, desc: str,
          val_loss: Callable[[], float] | None = None,
          lr_schedule: Callable[[int], float] | None = None,
-         weight_decay: float = 0.0) -> History:
+         weight_decay: float = 0.0,
+         on_epoch: Callable[[int], bool] | None = None) -> History:
+    """The loop shared by the trainers; ``on_epoch(epoch)`` (from 1) returns True to stop."""
     params = [p for p in params if p.requires_grad]
     if not params:
         msg = "the model has no trainable parameters (all have requires_grad=False)"
@@ -101,15 +168,20 @@ def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
     history: History = {"loss": []}
     if val_loss is not None:
         history["val_loss"] = []
-    bar = tqdm(range(epochs), desc=desc, disable=not _show_progress(progress), leave=False)
-    for _ in bar:
+    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not _show_progress(progress),
+               leave=False)
+    for epoch in bar:
         total, count = 0.0, 0
         for idx in _batches(n_items, batch_size, gen):
             loss = batch_loss(idx)
+            value = float(loss.detach())
+            if not math.isfinite(value):  # checked before the step, which would spread it
+                raise NonFiniteLossError(_non_finite_message(desc, value, epoch, epochs, lr,
+                                                         params))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            total += value * len(idx)
             count += len(idx)
         history["loss"].append(total / count)
         if sched is not None:
@@ -119,7 +191,18 @@ def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
             history["val_loss"].append(val_loss())
             postfix["val"] = f"{history['val_loss'][-1]:.4g}"
         bar.set_postfix(postfix, refresh=False)
+        if on_epoch is not None and on_epoch(epoch):
+            break
     return history
+
+
+def _non_finite_message(desc: str, value: float, epoch: int, epochs: int, lr: float,
+                        params: list[nn.Parameter]) -> str:
+    finite = all(bool(torch.isfinite(p).all()) for p in params)
+    state = ("the parameters are left as they were before that step" if finite else
+             "the step before had already made some parameters NaN or infinite")
+    return (f"the {desc} training loss became {value} at epoch {epoch} of {epochs}; {state}. "
+            f"A smaller `lr` (now {lr:g}) usually cures it; else check the data's scale")
 
 
 def _invariant_loss(model: nn.Module, normalize: bool, ranking_weight: float,
@@ -196,7 +279,8 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
 
     Args:
         model: maps states ``(..., n)`` to features ``(..., m)``, e.g. an ``InvariantNet``.
-        data: training trajectories (only ``x`` is used: no labels, no derivatives).
+        data: training trajectories (only ``x`` is used: no labels, no derivatives), cast
+            to the dtype of ``model``'s parameters (as ``val_data``).
         epochs: passes over the trajectories.
         batch_size: trajectories per step (at least 2; the paper uses 10).
         lr: Adam learning rate.
@@ -235,12 +319,15 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
         ``{"loss": [...], "val_loss": [...]}``: per-epoch mean losses.
 
     Raises:
-        TypeError: ``data`` or ``val_data`` is not a ``TrajectoryData``; ``lr_schedule`` not
-            callable.
+        TypeError: ``model`` is not an ``nn.Module``; ``data`` or ``val_data`` is not a
+            ``TrajectoryData``; ``lr_schedule`` not callable.
         ValueError: bad ``epochs``, ``batch_size``, ``lr``, ``ranking_weight``,
-            ``ranking_margin``, ``flow_weight``, ``positives`` or ``weight_decay``.
+            ``ranking_margin``, ``flow_weight``, ``positives`` or ``weight_decay``; empty or
+            non-finite data.
+        RuntimeError: the loss became NaN or infinite (the message names the epoch).
     """
-    data = _check_data(data)
+    model = _check_model(model)
+    data = _prepare(_check_data(data), model)
     epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
     batch_size = positive_int(batch_size, "batch_size")
     if batch_size < 2 or data.n_traj < 2:
@@ -262,7 +349,7 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
 
     val_loss = None
     if val_data is not None:
-        val_data = _check_data(val_data, "val_data")
+        val_data = _prepare(_check_data(val_data, "val_data"), model, name="val_data")
 
         def val_loss() -> float:
             with torch.no_grad():
@@ -277,17 +364,104 @@ def _check_point_training(model: object, data: object, epochs: object, lr: objec
                           batch_size: object) -> tuple[TrajectoryData, int, float, int]:
     """The checks shared by the trainers that step over points: ``model`` an ``nn.Module``,
     ``data`` a ``TrajectoryData``, positive ``epochs``, ``lr`` and ``batch_size``."""
-    if not isinstance(model, nn.Module):
-        msg = f"`model` must be an nn.Module with parameters to train, got {type(model).__name__}"
-        raise TypeError(msg)
+    _check_model(model)
     data = _check_data(data)
     epochs, lr = positive_int(epochs, "epochs"), _check_lr(lr)
     return data, epochs, lr, positive_int(batch_size, "batch_size")
 
 
+def _guard_score(H: nn.Module, x: torch.Tensor, dxdt: torch.Tensor) -> float:
+    """The held-out score of :func:`refine_invariants`: the normal flow, a lost row counted
+    as all of the flow.
+
+    :func:`~concernet_ode.normal_flow_loss` is lowest for a constant ``H`` (no gradient, no
+    normal direction), which is how a refinement at too large a step can end (saturated
+    units). Here a state where a row of ``dH/dx`` vanishes or depends on the others (a lost
+    invariant) counts ``|dxdt|^2`` for that row, the most a row can count: a collapsed ``H``
+    scores worst, not best. Elsewhere the two agree. A ``dH/dx`` that overflows to NaN or
+    infinity anywhere (a diverged network) scores ``inf``.
+
+    Shapes:
+        x, dxdt: ``(P, n)``.
+    """
+    with torch.no_grad():
+        jac = invariant_jacobian(H, x)[1]
+        if not bool(torch.isfinite(jac).all()):
+            return math.inf
+        q = orthonormal_rows(jac)  # (P, m, n), zero rows where an invariant is lost
+        normal = (q * dxdt.unsqueeze(-2)).sum(-1).pow(2).sum(-1)
+        lost = (q.pow(2).sum(-1) == 0).sum(-1)
+        return float((normal + lost * dxdt.pow(2).sum(-1)).mean())
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _BestState:
+    """The validation guard of :func:`refine_invariants`: held-out losses, the best state
+    so far (the starting one included) and when to stop."""
+
+    def __init__(self, model: nn.Module, val_loss: Callable[[], float], patience: int,
+                 epochs: int) -> None:
+        self.model, self.val_loss, self.patience, self.epochs = model, val_loss, patience, epochs
+        self.losses = [val_loss()]
+        self.best_epoch, self.best_state = 0, _snapshot(model)
+        self.stopped_early = False
+
+    def _key(self, epoch: int) -> float:  # a NaN or infinite loss is never the best
+        value = self.losses[epoch]
+        return value if math.isfinite(value) else math.inf
+
+    def after_epoch(self, epoch: int) -> bool:
+        self.losses.append(self.val_loss())
+        if self._key(epoch) < self._key(self.best_epoch):
+            self.best_epoch, self.best_state = epoch, _snapshot(self.model)
+        self.stopped_early = epoch < self.epochs and epoch - self.best_epoch >= self.patience
+        return self.stopped_early
+
+    def restore(self, *, interrupted: bool = False) -> None:
+        """Load the best state, unless the model holds it (the last epoch scored, run to
+        its end)."""
+        if interrupted or self.best_epoch != len(self.losses) - 1:
+            self.model.load_state_dict(self.best_state)
+
+
+def _check_validation(validation: object, data: TrajectoryData, model: nn.Module,
+                      seed: int) -> tuple[TrajectoryData, TrajectoryData | None]:
+    """``(train, held_out)`` as ``refine_invariants``'s ``validation`` asks."""
+    if validation is None:
+        return data, None
+    if isinstance(validation, TrajectoryData):
+        if validation.state_dim != data.state_dim:
+            msg = (f"`validation` has states of dimension {validation.state_dim}, `data` of "
+                   f"{data.state_dim}: pass held-out trajectories of the same system")
+            raise ValueError(msg)
+        validation.require_dxdt("`validation` (the held-out normal flow)")
+        return data, _prepare(validation, model, name="validation")
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not (
+            0 < validation < 1):
+        msg = ("`validation` must be a fraction in (0, 1) of the trajectories of `data` to "
+               "hold out, a TrajectoryData of held-out trajectories, or None to refine "
+               f"without the guard; got {validation!r}")
+        raise ValueError(msg)
+    n = data.n_traj
+    if n < 2:
+        msg = (f"`validation` = {validation} holds out part of the trajectories of `data`, "
+               f"but it has {n}: pass `validation=` a TrajectoryData of held-out "
+               "trajectories, or `validation=None` to refine without the guard")
+        raise ValueError(msg)
+    n_val = min(max(1, round(validation * n)), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    keep = perm[n_val:].sort().values.to(data.x.device)
+    return data[keep], data[perm[:n_val].sort().values.to(data.x.device)]
+
+
 def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 200,
                       batch_size: int = 100, lr: float = 1e-4, seed: int = 0,
-                      progress: bool = True, lr_schedule: Schedule = "cosine") -> History:
+                      progress: bool = True, lr_schedule: Schedule = "cosine",
+                      validation: float | TrajectoryData | None = 0.2,
+                      patience: int | None = None) -> RefineHistory:
     """Refine learned invariants so their level sets contain the observed flow.
 
     The contrastive loss sees states only: it makes ``H`` nearly constant along each training
@@ -296,41 +470,92 @@ def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 2
     accurate). The projection of eq. (6) uses only that gradient's direction. This stage
     starts from the contrastive ``H`` and minimises :func:`~concernet_ode.normal_flow_loss`
     over the training points, the component of each observed ``dxdt`` normal to the level
-    sets: exactly the error a projected model could not fit. Keep the stage short (the
-    Table 1 recipe's ``refine_*`` fields say how it runs there); the contrastive solution is
-    the starting point and the
-    loss alone does not rule out a degenerate ``H``. This uses the derivative data, which
-    the paper's contrastive step does not (the dynamics stage uses the same data anyway): an
-    extension of its method.
+    sets: exactly the error a projected model could not fit. This uses the derivative data,
+    which the paper's contrastive step does not (the dynamics stage uses the same data
+    anyway): an extension of its method. Keep the stage short (the Table 1 recipe's
+    ``refine_*`` fields say how it runs there): the contrastive solution is the starting
+    point, and the loss alone does not rule out a degenerate ``H``.
+
+    At too large a step the stage can destroy the invariant it refines, so by default it
+    guards itself. It holds out a fraction ``validation`` of the trajectories of ``data``
+    (chosen with ``seed``) and scores the model on them before the first epoch and after
+    each one; it keeps the best state (the starting one included), stops after ``patience``
+    epochs without improvement, and ends in that best state: never worse on the held-out
+    trajectories than it started. The score is the held-out normal flow with a state where
+    a row of ``dH/dx`` vanishes (or depends on the others) counted as if all of the flow
+    were normal to that row, so that a collapsed, constant ``H``, which the training loss
+    alone would favour, scores worst. Pass your own held-out trajectories as ``validation``
+    to train on all of ``data``, or ``validation=None`` for the unguarded stage (every
+    epoch on all of ``data``, the last state kept, as before the guard existed).
 
     Args:
         model: the invariants to refine in place, ``(..., n) -> (..., m)``.
-        data: trajectories with their observed derivatives.
-        epochs: passes over all ``N * T`` points.
+        data: trajectories with their observed derivatives, cast to the dtype of
+            ``model``'s parameters.
+        epochs: the most passes over the training points.
         batch_size: points per step.
         lr: Adam learning rate.
-        seed: seeds the order of the points.
+        seed: seeds the order of the points and the held-out split.
         progress: show a tqdm bar (only when stderr is a terminal).
         lr_schedule: ``"cosine"`` (default), ``None`` or ``epoch -> factor`` of ``lr``, as in
-            :func:`fit_invariants`.
+            :func:`fit_invariants`, over ``epochs``.
+        validation: the fraction of the trajectories of ``data`` to hold out (at least one
+            is held out and one kept), a ``TrajectoryData`` of held-out trajectories with
+            derivatives, or ``None`` for no guard.
+        patience: epochs without a lower held-out score before stopping; ``None`` (the
+            default) is a quarter of ``epochs``, at least 1; ``patience=epochs`` never stops
+            early (the best state is still restored). Unused with ``validation=None``. Under
+            the default cosine schedule the held-out score often rises while the step is
+            large and falls as it anneals: a short patience then stops before the gain.
 
     Returns:
-        ``{"loss": [...]}``: per-epoch mean normal flow (squared, units of ``dxdt``).
+        A :class:`RefineHistory`: ``loss`` (per-epoch mean normal flow, squared, units of
+        ``dxdt``), ``val_loss`` (the held-out score, from the start), ``best_epoch``,
+        ``stopped_early`` and ``restored_start``.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, ``data`` not a ``TrajectoryData``,
             ``lr_schedule`` not callable.
-        ValueError: bad ``epochs``, ``batch_size`` or ``lr``.
+        ValueError: bad ``epochs``, ``batch_size``, ``lr``, ``validation`` or ``patience``;
+            data without derivatives, empty or not finite.
+        RuntimeError: the training loss became NaN or infinite (the message names the
+            epoch). With the guard, the model is restored to its best state before this or
+            any other error (or a ``KeyboardInterrupt``) propagates.
     """
     data, epochs, lr, batch_size = _check_point_training(model, data, epochs, lr, batch_size)
+    patience = max(1, epochs // 4) if patience is None else positive_int(patience, "patience")
+    data = _prepare(data, model)
+    data, held_out = _check_validation(validation, data, model, seed)
     x, dxdt = data.points()
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         return normal_flow_loss(model, x[idx], dxdt[idx])
 
-    return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs, lr=lr,
-                seed=seed, progress=progress, desc="refine",
-                lr_schedule=_check_schedule(lr_schedule, epochs))
+    def run(on_epoch: Callable[[int], bool] | None = None) -> History:
+        return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
+                    lr=lr, seed=seed, progress=progress, desc="refine",
+                    lr_schedule=_check_schedule(lr_schedule, epochs), on_epoch=on_epoch)
+
+    if held_out is None:
+        loss = run()["loss"]
+        return RefineHistory(loss=loss, val_loss=[], best_epoch=len(loss),
+                             stopped_early=False, restored_start=False)
+    xv, dxdtv = held_out.points()
+    guard = _BestState(model, lambda: _guard_score(model, xv, dxdtv), patience, epochs)
+    try:
+        loss = run(guard.after_epoch)["loss"]
+    except NonFiniteLossError as err:
+        guard.restore(interrupted=True)
+        msg = (f"{err}. `model` was restored to its state of epoch {guard.best_epoch}, the "
+               "best on the held-out trajectories (0: as it was given)")
+        raise NonFiniteLossError(msg) from err
+    except BaseException:  # any other error, or Ctrl-C: still leave the best state
+        guard.restore(interrupted=True)
+        raise
+    guard.restore()
+    return RefineHistory(loss=loss, val_loss=guard.losses, best_epoch=guard.best_epoch,
+                         stopped_early=guard.stopped_early,
+                         restored_start=guard.best_epoch == 0)
 
 
 @contextmanager
@@ -358,7 +583,8 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
     Args:
         model: ``f(t, x)`` or ``f(x)``, an ``nn.Module`` -- for example an ``MLP`` or a
             ``ProjectedVectorField`` wrapping one.
-        data: trajectories with their time derivatives (the targets).
+        data: trajectories with their time derivatives (the targets), cast to the dtype of
+            the parameters that train.
         epochs: passes over all ``N * T`` points.
         batch_size: points per step (the paper uses 100).
         lr: Adam learning rate.
@@ -376,20 +602,23 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
     Raises:
         TypeError: ``model`` is not a callable ``nn.Module``, ``data`` not a ``TrajectoryData``,
             ``lr_schedule`` not callable.
-        ValueError: bad ``epochs``, ``batch_size`` or ``lr``.
+        ValueError: bad ``epochs``, ``batch_size`` or ``lr``; data without derivatives,
+            empty or not finite.
+        RuntimeError: the loss became NaN or infinite (the message names the epoch).
     """
     check_callable(model, "model")
     data, epochs, lr, batch_size = _check_point_training(model, data, epochs, lr, batch_size)
-    x, dxdt = data.points()
     arity = field_arity(model)
-    t0 = data.t[0]
-
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        pred = call_field(model, arity, t0, x[idx], "model")
-        return (pred - dxdt[idx]).pow(2).mean()
-
     freeze = isinstance(model, _GradientConstrainedField) and not train_invariants
     with _frozen(model.invariants if freeze else None, freeze):
+        data = _prepare(data, model)
+        x, dxdt = data.points()
+        t0 = data.t[0]
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            pred = call_field(model, arity, t0, x[idx], "model")
+            return (pred - dxdt[idx]).pow(2).mean()
+
         return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
                     lr=lr, seed=seed, progress=progress, desc="dynamics",
                     lr_schedule=_check_schedule(lr_schedule, epochs))
@@ -403,16 +632,26 @@ def fit_autoencoder(autoencoder: nn.Module, data: TrajectoryData | torch.Tensor,
 
     Args:
         autoencoder: an ``Autoencoder`` (anything whose ``forward`` reconstructs its input).
-        data: trajectories (their states are used) or a tensor of states ``(..., n)``.
+        data: trajectories (their states are used; derivatives are not needed) or a tensor
+            of states ``(..., n)``, cast to the dtype of the autoencoder's parameters.
         epochs, batch_size, lr, seed, progress, lr_schedule: as in :func:`fit_dynamics`.
 
     Returns:
         ``{"loss": [...]}``: per-epoch mean squared reconstruction errors.
+
+    Raises:
+        TypeError: ``autoencoder`` is not an ``nn.Module``; ``data`` is neither a
+            ``TrajectoryData`` nor a floating-point tensor; ``lr_schedule`` not callable.
+        ValueError: bad ``epochs``, ``batch_size`` or ``lr``; empty or non-finite data.
+        RuntimeError: the loss became NaN or infinite (the message names the epoch).
     """
+    _check_model(autoencoder, "autoencoder")
     if isinstance(data, TrajectoryData):
-        x = data.points()[0]
+        x = _prepare(data, autoencoder, "autoencoder").states()
     elif isinstance(data, torch.Tensor) and data.dim() >= 1:
-        x = data.reshape(-1, data.shape[-1])
+        x = training_data(data, "data").reshape(-1, data.shape[-1])
+        dtype = _model_dtype(autoencoder, "autoencoder")
+        x = x if dtype is None else x.to(dtype)
     else:
         msg = f"`data` must be a TrajectoryData or a tensor of states, got {type(data).__name__}"
         raise TypeError(msg)

@@ -33,7 +33,13 @@ import torch
 from pde.solvers import Controller, RungeKuttaSolver
 from tqdm.auto import tqdm
 
-from concernet_ode._checks import count, finite_number, positive_number, seed_generator
+from concernet_ode._checks import (
+    check_memory,
+    count,
+    finite_number,
+    positive_number,
+    seed_generator,
+)
 from concernet_ode.data import TrajectoryData
 from concernet_ode.systems import ConservativeSystem
 
@@ -183,15 +189,20 @@ class HeatEquation1D(ConservativeSystem):
             The states, in ``x0``'s dtype and device.
 
         Raises:
-            ValueError: ``x0`` is not ``(N, n_nodes)`` or ``t`` is not 1-D increasing.
+            ValueError: ``x0`` is not ``(N, n_nodes)``, holds a NaN or infinite temperature,
+                or ``t`` is not 1-D increasing.
+            MemoryError: the states to record need more memory than is available.
 
         Shapes:
             x0: ``(N, n_nodes)``; t: ``(T,)``; returns ``(N, T, n_nodes)``.
         """
-        x0 = self._check_x0(x0)
+        x0 = self._check_x0(x0)  # also refuses NaN/inf, which py-pde would step on to dt 0
         if t.dim() != 1 or t.numel() < 2 or not bool((t.diff() > 0).all()):
             msg = f"`t` must be 1-D and strictly increasing with >= 2 times, got {t!r}"
             raise ValueError(msg)
+        check_memory(x0.shape[0] * t.numel() * self.state_dim * 8,
+                     f"the states of {x0.shape[0]} trajectories at {t.numel()} times",
+                     "solve fewer trajectories or times at once")
         times = t.detach().cpu().double().numpy()
         out = np.empty((x0.shape[0], times.size, self.state_dim))
         show = bool(progress) and sys.stderr.isatty()
@@ -205,10 +216,14 @@ class HeatEquation1D(ConservativeSystem):
             out[i] = np.stack([field.data for field in storage])
         return torch.from_numpy(out).to(dtype=x0.dtype, device=x0.device)
 
-    def evolution_rate(self, x: torch.Tensor) -> torch.Tensor:
+    def evolution_rate(self, x: torch.Tensor, *, progress: bool = False) -> torch.Tensor:
         """``du/dt`` from py-pde's own ``DiffusionPDE.evolution_rate``, state by state.
 
         The reference that :meth:`vector_field` reproduces; slower (a Python loop).
+
+        Args:
+            x: temperatures.
+            progress: show a progress bar (only when stderr is a terminal).
 
         Raises:
             ValueError: ``x`` is not a tensor of shape ``(..., n_nodes)``.
@@ -223,7 +238,8 @@ class HeatEquation1D(ConservativeSystem):
         flat = x.detach().reshape(-1, self.state_dim).cpu().double().numpy()
         field = pde.ScalarField(self.grid)
         rates = np.empty_like(flat)
-        for i, u in enumerate(flat):
+        show = bool(progress) and sys.stderr.isatty()
+        for i, u in enumerate(tqdm(flat, disable=not show, desc="py-pde rates", leave=False)):
             field.data[:] = u
             rates[i] = self.equation.evolution_rate(field).data
         return torch.from_numpy(rates).to(x).reshape(x.shape)
@@ -236,7 +252,9 @@ class HeatEquation1D(ConservativeSystem):
 
         As :meth:`ConservativeSystem.trajectories`: initial states from
         :meth:`sample_initial`, then noise of standard deviation ``noise`` on ``x`` and
-        ``dxdt`` drawn from the same generator.
+        ``dxdt`` drawn from the same generator. The memory the request needs is estimated
+        before anything is allocated, and a request that cannot fit fails at once; the
+        solve, one py-pde run per trajectory, shows a progress bar.
 
         Args:
             n_traj: number of trajectories ``N``.
@@ -246,11 +264,12 @@ class HeatEquation1D(ConservativeSystem):
             seed: an int or a ``torch.Generator``.
             evaluation: unused (one distribution); kept for the common interface.
             dtype: dtype of the returned tensors (generation is always in float64).
-            progress: show a progress bar (only when stderr is a terminal).
+            progress: show progress bars (only when stderr is a terminal).
 
         Raises:
             ValueError: ``n_traj``, ``t_end``, ``n_times`` or ``noise`` out of range.
             TypeError: ``seed`` is neither an int nor a Generator.
+            MemoryError: the request needs more memory than is available (checked first).
 
         Shapes:
             returns ``t: (T,)``, ``x, dxdt: (N, T, n_nodes)``.
@@ -258,10 +277,13 @@ class HeatEquation1D(ConservativeSystem):
         n_traj = count(n_traj, "n_traj")
         n_times = count(n_times, "n_times", minimum=2)
         t_end = positive_number(t_end, "t_end")
-        finite_number(noise, "noise", 0.0)
+        noise = finite_number(noise, "noise", 0.0)
+        self._require_memory(n_traj, n_times, noise, dtype)
         gen = seed_generator(seed)
         x0 = self.sample_initial(n_traj, seed=gen, evaluation=evaluation)
         t = torch.linspace(0.0, t_end, n_times, dtype=torch.float64)
         x = self.solve(x0, t, progress=progress)
-        data = TrajectoryData(t, x, self.evolution_rate(x)).with_noise(noise, seed=gen)
+        data = TrajectoryData(t, x, self.evolution_rate(x, progress=progress))
+        del x
+        data = data.with_noise(noise, seed=gen)  # frees the clean arrays before the cast
         return data.to(dtype)

@@ -91,3 +91,16 @@ def test_split_and_noise_errors():
         data.with_noise(float("inf"))
     with pytest.raises(TypeError, match=r"`seed` must be an int or a torch\.Generator"):
         data.with_noise(0.1, seed=0.5)
+
+
+def test_noise_is_added_in_place_with_the_values_of_the_plain_sum(dtype):
+    # with_noise adds into the buffer of the noise it draws (4 arrays the size of x at the
+    # peak, not 7); the values are those of x + std * noise, to the bit.
+    data = _data(n_traj=5, n_times=7, n=3, dtype=dtype)
+    noise = torch.randn((2, *data.x.shape), generator=torch.Generator().manual_seed(4),
+                        dtype=dtype)
+    noisy = data.with_noise(0.03, seed=4)
+    assert torch.equal(noisy.x, data.x + 0.03 * noise[0])
+    assert torch.equal(noisy.dxdt, data.dxdt + 0.03 * noise[1])
+    states_only = TrajectoryData(data.t, data.x).with_noise(0.03, seed=4)
+    assert torch.equal(states_only.x, noisy.x) and states_only.dxdt is None

@@ -154,3 +154,34 @@ def test_protocol_training_set_conserves_heat(heat):
 def test_errors(call, error, match, heat):
     with pytest.raises(error, match=match):
         call(heat)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_initial_profile_is_named_before_py_pde_runs(heat, bad):
+    # py-pde would otherwise step down to "Encountered NaN even though dt < 1e-10".
+    x0 = heat.sample_initial(2, seed=0)
+    x0[1, 50] = bad
+    with pytest.raises(ValueError, match=r"`x0` is not finite \(NaN or inf\) at 1 of 2 "
+                                         r"sample\(s\), indices \[1\]"):
+        heat.solve(x0, torch.linspace(0, 0.1, 3), progress=False)
+
+
+def test_a_request_that_cannot_fit_fails_at_once(heat, monkeypatch):
+    # Issue 19: trajectories(10**8) ran 127 s and took 21 GB before a MemoryError. The need
+    # (states and derivatives, 2 x 10**8 x 100 x 101 float64) is known before any work.
+    monkeypatch.setattr("concernet_ode._checks.available_memory", lambda: 16 * 2**30)
+    with pytest.raises(MemoryError, match=r"`n_traj` = 100000000 trajectories of `n_times` = "
+                                          r"100 states of dimension 101 need about 14\.7 TiB "
+                                          r"of memory, but 16\.0 GiB is available"):
+        heat.trajectories(10**8, t_end=10.0, n_times=100, seed=0, progress=False)
+    monkeypatch.setattr("concernet_ode._checks.available_memory", lambda: 2**20)
+    with pytest.raises(MemoryError, match=r"the states of 100 trajectories at 100 times need "
+                                          r"about 7\.7 MiB of memory, but 1\.0 MiB is "
+                                          r"available: solve fewer"):
+        heat.solve(torch.zeros(100, 101), torch.linspace(0, 1, 100), progress=False)
+
+
+def test_evolution_rate_takes_a_progress_flag(heat, data):
+    x = data.x[:1, :3]
+    torch.testing.assert_close(heat.evolution_rate(x, progress=True), heat.evolution_rate(x),
+                               rtol=0, atol=0)

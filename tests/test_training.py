@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -296,3 +297,111 @@ def test_default_schedule_is_the_cosine_over_the_epochs(spring_data):
         runs.append(_params(g))
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
+
+
+# ---------------------------------------------------------------- data checks and dtype casts
+
+
+@pytest.fixture(scope="module")
+def spring64() -> TrajectoryData:
+    """What the systems return by default: float64."""
+    return SpringMass().trajectories(8, t_end=3.0, n_times=10, noise=0.01, seed=0)
+
+
+def _copy(data: TrajectoryData) -> TrajectoryData:
+    return TrajectoryData(data.t.clone(), data.x.clone(), data.dxdt.clone())
+
+
+def test_float64_data_train_the_float32_networks(spring64):
+    # The library's own data (float64) and networks (float32): the trainers cast the data,
+    # which gives exactly the run on data cast by hand.
+    assert spring64.x.dtype == torch.float64
+    runs = []
+    for data in (spring64, spring64.to(torch.float32)):
+        torch.manual_seed(0)
+        H, f = InvariantNet(2, 1, hidden=8), MLP(2, 2, hidden=8)
+        ae = Autoencoder(2, 1, hidden=(4,))
+        losses = [fit_invariants(H, data, epochs=2, batch_size=4, val_data=data[:3],
+                                 progress=False)["val_loss"],
+                  fit_dynamics(f, data, epochs=2, progress=False)["loss"],
+                  fit_dynamics(ProjectedVectorField(MLP(2, 2, hidden=8), H), data, epochs=1,
+                               progress=False)["loss"],
+                  fit_autoencoder(ae, data, epochs=2, progress=False)["loss"],
+                  fit_autoencoder(ae, data.x, epochs=1, progress=False)["loss"]]
+        assert all(p.dtype == torch.float32 for m in (H, f, ae) for p in m.parameters())
+        runs.append(losses)
+    assert runs[0] == runs[1]
+    # and the other way round: a float64 network trains on float32 data in float64
+    torch.manual_seed(0)
+    hist = fit_dynamics(MLP(2, 2, hidden=8).double(), spring64.to(torch.float32), epochs=1,
+                        progress=False)
+    assert math.isfinite(hist["loss"][0])
+
+
+def test_a_network_of_two_dtypes_is_named(spring64):
+    net = MLP(2, 2, hidden=8)
+    net.net[0].double()
+    with pytest.raises(TypeError, match=r"`model` has trainable parameters of several dtypes "
+                                        r"\(torch\.float32, torch\.float64\)"):
+        fit_dynamics(net, spring64, epochs=1, progress=False)
+
+
+def test_empty_data_is_refused_before_training(spring64):
+    empty = spring64[torch.arange(0)]
+    match = r"`data` holds no samples \(x of shape \(0, 10, 2\)\): pass at least one"
+    with pytest.raises(ValueError, match=match):
+        fit_dynamics(MLP(2, 2), empty, progress=False)
+    with pytest.raises(ValueError, match=match):
+        fit_invariants(InvariantNet(2, 1), empty, progress=False)
+    with pytest.raises(ValueError, match=match):
+        fit_autoencoder(Autoencoder(2, 1, hidden=(4,)), empty, progress=False)
+    with pytest.raises(ValueError, match=r"`data` is empty \(shape \(0, 2\)\)"):
+        fit_autoencoder(Autoencoder(2, 1, hidden=(4,)), torch.zeros(0, 2), progress=False)
+
+
+def test_non_finite_data_is_refused_before_training(spring64):
+    states = spring64.x.clone()
+    states[2, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"`data` holds 1 NaN or infinite value\(s\) of 160, "
+                                         r"the first at index \(2, 3, 1\)"):
+        fit_autoencoder(Autoencoder(2, 1, hidden=(4,)), states, progress=False)
+    bad = _copy(spring64)  # TrajectoryData checks at construction; tensors can change later
+    bad.dxdt[1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"`data\.dxdt` holds 1 NaN or infinite value"):
+        fit_dynamics(MLP(2, 2), bad, progress=False)
+    bad = _copy(spring64)
+    bad.x[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"`val_data\.x` holds 1 NaN"):
+        fit_invariants(InvariantNet(2, 1), spring64, val_data=bad, progress=False)
+
+
+def test_integer_states_are_refused(spring64):
+    with pytest.raises(TypeError, match=r"`data` must be a floating-point tensor, got "
+                                        r"torch\.int64: convert it first"):
+        fit_autoencoder(Autoencoder(2, 1, hidden=(4,)), torch.ones(4, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"`x` must have a floating dtype, got torch\.int64"):
+        TrajectoryData(spring64.t, spring64.x.long(), spring64.dxdt)
+
+
+def test_a_function_is_not_a_model(spring64):
+    with pytest.raises(TypeError, match=r"`model` must be an nn\.Module with parameters to "
+                                        r"train \(e\.g\. an MLP or an InvariantNet\), got "
+                                        r"function"):
+        fit_invariants(lambda x: x.sum(-1), spring64, progress=False)
+    with pytest.raises(TypeError, match=r"`autoencoder` must be an nn\.Module.*got function"):
+        fit_autoencoder(lambda x: x, spring64, progress=False)
+
+
+@pytest.mark.parametrize("fit", ["invariants", "dynamics", "autoencoder"])
+def test_a_loss_that_turns_non_finite_stops_training_and_names_the_epoch(spring64, fit):
+    # A step of 1e30 sends the weights past what float32 can hold in a product.
+    torch.manual_seed(0)
+    model = {"invariants": InvariantNet(2, 1, hidden=8), "dynamics": MLP(2, 2, hidden=8),
+             "autoencoder": Autoencoder(2, 1, hidden=(4,))}[fit]
+    trainer = {"invariants": fit_invariants, "dynamics": fit_dynamics,
+               "autoencoder": fit_autoencoder}[fit]
+    with pytest.raises(RuntimeError, match=rf"the {fit} training loss became (nan|inf) at "
+                                           r"epoch [12] of 5; the (parameters are left as they "
+                                           r"were|step before had already made some).*A "
+                                           r"smaller `lr` \(now 1e\+30\) usually cures it"):
+        trainer(model, spring64, epochs=5, batch_size=4, lr=1e30, progress=False)

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
 from torchdiffeq import odeint
+from tqdm.auto import tqdm
 
-from .._checks import check_state_size, count, seed_generator
+from .._checks import (
+    check_memory,
+    check_state_size,
+    count,
+    finite_number,
+    finite_states,
+    seed_generator,
+)
 from ..data import TrajectoryData
 
 __all__ = ["ConservativeSystem"]
+
+# Requests of more trajectories than this are solved in chunks of this many, with a progress
+# bar: the solver's temporaries then scale with one chunk, not with the request. Smaller
+# requests are solved in one call, as they always were (an adaptive solve of a batch steps
+# all of its trajectories together, so chunking changes the last digits).
+CHUNK = 4096
 
 
 class ConservativeSystem(ABC):
@@ -110,7 +125,45 @@ class ConservativeSystem(ABC):
         if x0.dim() != 2:
             msg = f"`x0` must have shape (N, {self.state_dim}), got {tuple(x0.shape)}"
             raise ValueError(msg)
-        return x0
+        return finite_states(x0, "x0")
+
+    def _require_memory(self, n_traj: int, n_times: int, noise: float,
+                        dtype: torch.dtype) -> None:
+        """Raise a ``MemoryError`` before any work if a data request cannot fit in memory.
+
+        The estimate of the peak, in units of one float64 array of all states: the states
+        and their derivatives (2), plus the larger of the noise drawn for both (2, with
+        ``noise > 0``) and their copies cast to ``dtype`` (2 itemsize / 8, unless float64),
+        plus the solver's temporaries on one chunk of at most :data:`CHUNK` trajectories (2).
+        """
+        per_traj = n_times * self.state_dim * 8
+        cast = 0.0 if dtype == torch.float64 else torch.empty((), dtype=dtype).element_size() / 4
+        copies = 2 + max(2.0 if noise > 0 else 0.0, cast)
+        needed = per_traj * (copies * n_traj + 2 * min(n_traj, CHUNK))
+        check_memory(int(needed),
+                     f"`n_traj` = {n_traj} trajectories of `n_times` = {n_times} states of "
+                     f"dimension {self.state_dim}",
+                     "ask for fewer trajectories or times, or generate the data in parts "
+                     "(one seed each) and save each part")
+
+    def _solve_with_rates(self, x0: torch.Tensor, t: torch.Tensor,
+                          progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``solve(x0, t)`` and the field there, in chunks of :data:`CHUNK` trajectories."""
+        n = x0.shape[0]
+        if n <= CHUNK:
+            x = self.solve(x0, t)
+            return x, self.vector_field(t, x)
+        x = x0.new_empty((n, t.numel(), self.state_dim))
+        dxdt = torch.empty_like(x)
+        show = bool(progress) and sys.stderr.isatty()
+        with tqdm(total=n, desc=f"{self.name} trajectories", unit="traj", disable=not show,
+                  leave=False) as bar:
+            for part in torch.arange(n).split(CHUNK):
+                sl = slice(int(part[0]), int(part[-1]) + 1)
+                x[sl] = self.solve(x0[sl], t)
+                dxdt[sl] = self.vector_field(t, x[sl])
+                bar.update(len(part))
+        return x, dxdt
 
     def solve(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Accurate solutions from ``x0`` at times ``t``, all trajectories in one solve.
@@ -128,13 +181,18 @@ class ConservativeSystem(ABC):
 
     def trajectories(self, n_traj: int, *, t_end: float, n_times: int, noise: float = 0.0,
                      seed: int | torch.Generator, evaluation: bool = False,
-                     dtype: torch.dtype = torch.float64) -> TrajectoryData:
+                     dtype: torch.dtype = torch.float64, progress: bool = True,
+                     ) -> TrajectoryData:
         """Generate trajectories with exact derivatives, then optionally add noise.
 
         Initial states come from :meth:`sample_initial`; ``dxdt`` is the true vector field at
         the clean states; with ``noise > 0``, i.i.d. Gaussian noise of that standard
         deviation is added to both ``x`` and ``dxdt`` (:meth:`TrajectoryData.with_noise`),
         drawn from the same generator after the initial states.
+
+        The memory the request needs is estimated before anything is allocated; a request
+        that cannot fit fails at once. More than :data:`CHUNK` trajectories are solved in
+        chunks of that many, with a progress bar.
 
         Args:
             n_traj: number of trajectories ``N``.
@@ -144,19 +202,29 @@ class ConservativeSystem(ABC):
             seed: an int or a ``torch.Generator``.
             evaluation: draw initial states from the evaluation distribution.
             dtype: dtype of the returned tensors (generation is always in float64).
+            progress: show a progress bar for large requests (only when stderr is a
+                terminal).
+
+        Raises:
+            ValueError: ``n_traj``, ``t_end``, ``n_times`` or ``noise`` out of range.
+            TypeError: ``seed`` is neither an int nor a Generator.
+            MemoryError: the request needs more memory than is available (checked first).
 
         Shapes:
             returns ``t: (T,)``, ``x, dxdt: (N, T, n)``.
         """
+        n_traj = count(n_traj, "n_traj")
         n_times = count(n_times, "n_times", 2)
         if not (isinstance(t_end, (int, float)) and 0 < t_end < math.inf):
             msg = f"`t_end` must be a positive finite number, got {t_end!r}"
             raise ValueError(msg)
+        noise = finite_number(noise, "noise", 0.0)
+        self._require_memory(n_traj, n_times, noise, dtype)
         gen = seed_generator(seed)
         x0 = self.sample_initial(n_traj, seed=gen, evaluation=evaluation)
         t = torch.linspace(0.0, float(t_end), n_times, dtype=torch.float64)
-        x = self.solve(x0, t)
-        data = TrajectoryData(t, x, self.vector_field(t, x)).with_noise(noise, seed=gen)
+        data = TrajectoryData(t, *self._solve_with_rates(x0, t, progress))
+        data = data.with_noise(noise, seed=gen)  # frees the clean arrays before the cast
         return data.to(dtype)
 
     def train_data(self, seed: int | torch.Generator, *, dtype: torch.dtype = torch.float64,
