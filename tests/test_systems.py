@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from concernet_ode import TrajectoryData
-from concernet_ode.systems import ChemicalKinetics, ConservativeSystem, Kepler, SpringMass
+from concernet_ode.systems import (
+    ChemicalKinetics,
+    ConservativeSystem,
+    Kepler,
+    LotkaVolterra,
+    Pendulum,
+    RigidBody,
+    SpringMass,
+)
 
 SYSTEMS = [SpringMass(), ChemicalKinetics(), Kepler()]
 IDS = [s.name for s in SYSTEMS]
@@ -154,3 +162,114 @@ def test_errors():
         spring.trajectories(3, t_end=-1.0, n_times=5, seed=0)
     with pytest.raises(ValueError, match=r"`x0` must have shape \(N, 2\)"):
         spring.solve(torch.zeros(2), torch.linspace(0, 1, 3))
+
+
+# ---------------------------------------------------------------- size, memory, bad states
+
+
+def test_a_request_that_cannot_fit_fails_at_once(monkeypatch):
+    # 10**8 trajectories of 30 float64 states (q, p), their derivatives and the noise need
+    # 4 * 10**8 * 30 * 2 * 8 bytes = 179 GiB; with 1 GiB free nothing is allocated.
+    monkeypatch.setattr("concernet_ode._checks.available_memory", lambda: 2**30)
+    with pytest.raises(MemoryError, match=r"`n_traj` = 100000000 trajectories of `n_times` = "
+                                          r"30 states of dimension 2 need about 178\.8 GiB of "
+                                          r"memory, but 1\.0 GiB is available: ask for fewer"):
+        SpringMass().trajectories(10**8, t_end=3.0, n_times=30, noise=0.01, seed=0)
+    # where the system does not say how much is free, nothing is refused
+    monkeypatch.setattr("concernet_ode._checks.available_memory", lambda: None)
+    assert SpringMass().trajectories(3, t_end=1.0, n_times=4, seed=0).x.shape == (3, 4, 2)
+
+
+def test_the_machine_reports_its_available_memory():
+    from concernet_ode._checks import available_memory
+
+    free = available_memory()
+    if free is None:
+        pytest.skip("this system does not report its available memory")
+    assert free > 0
+    with pytest.raises(MemoryError, match="need about"):  # far past any machine's memory
+        Kepler().trajectories(10**12, t_end=1.0, n_times=100, seed=0)
+
+
+@pytest.mark.parametrize("system", [SpringMass(), Kepler()], ids=["spring", "kepler"])
+def test_large_requests_are_solved_in_chunks(monkeypatch, system):
+    import concernet_ode.systems.base as base
+
+    whole = system.trajectories(7, t_end=1.0, n_times=5, noise=0.01, seed=3)
+    monkeypatch.setattr(base, "CHUNK", 3)
+    chunked = system.trajectories(7, t_end=1.0, n_times=5, noise=0.01, seed=3)
+    # spring: a closed form, the same to the bit; Kepler: Newton's iterations per chunk
+    torch.testing.assert_close(chunked.x, whole.x, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(chunked.dxdt, whole.dxdt, rtol=1e-13, atol=1e-13)
+
+
+def test_non_finite_initial_states_are_named(system):
+    x0 = system.sample_initial(3, seed=0)
+    x0[1, 0] = float("nan")
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    for solve in (system.solve, lambda x, s: ConservativeSystem.solve(system, x, s)):
+        with pytest.raises(ValueError, match=r"`x0` is not finite \(NaN or inf\) at 1 of 3 "
+                                             r"sample\(s\), indices \[1\]"):
+            solve(x0, t)
+
+
+def test_trajectory_arguments_are_checked_before_any_work():
+    spring = SpringMass()
+    with pytest.raises(ValueError, match="`n_traj` must be an int >= 1, got 0"):
+        spring.trajectories(0, t_end=1.0, n_times=5, seed=0)
+    with pytest.raises(ValueError, match=r"`noise` must be a finite number >= 0, got -0\.1"):
+        spring.trajectories(3, t_end=1.0, n_times=5, noise=-0.1, seed=0)
+
+
+# ---------------------------------------------------------------- systems outside the paper
+
+OTHERS = [Pendulum(3.0), LotkaVolterra(), RigidBody()]
+
+
+@pytest.fixture(params=OTHERS, ids=[s.name for s in OTHERS])
+def other(request) -> ConservativeSystem:
+    return request.param
+
+
+def test_other_systems_conserve_their_invariants(other):
+    data = other.trajectories(6, t_end=other.eval_t_end, n_times=101, seed=3)
+    assert data.x.shape == (6, 101, other.state_dim)
+    h = other.invariants(data.x)
+    assert h.shape == (6, 101, other.n_invariants)
+    scale = h.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    assert float(((h - h[:, :1]) / scale).abs().max()) < 1e-9
+    x = data.x.reshape(-1, other.state_dim).requires_grad_(True)
+    for i in range(other.n_invariants):
+        (g,) = torch.autograd.grad(other.invariants(x)[..., i].sum(), x)
+        rate = (g * other.vector_field(0.0, x)).sum(-1).detach()
+        assert float(rate.abs().max()) < 1e-12 * float(g.abs().max() * data.dxdt.abs().max())
+
+
+def test_other_systems_invariants_vary_across_trajectories(other):
+    # Each invariant must spread over the initial states, or no data could identify it.
+    h = other.invariants(other.sample_initial(200, seed=0))
+    spread = h.std(0) / h.abs().mean(0)
+    assert bool((spread > 0.05).all())
+
+
+def test_lotka_volterra_stays_positive_and_circles_its_equilibrium():
+    lv = LotkaVolterra()
+    assert lv.equilibrium == (2.0, 2.0)
+    data = lv.trajectories(10, t_end=lv.eval_t_end, n_times=201, seed=0)
+    assert bool((data.x > 0).all())
+    rest = torch.tensor([[2.0, 2.0]], dtype=torch.float64)
+    assert float(lv.vector_field(0.0, rest).abs().max()) == 0.0
+    with pytest.raises(ValueError, match="`b` must be a finite number > 0, got -1"):
+        LotkaVolterra(b=-1)
+
+
+def test_rigid_body_invariants_and_errors():
+    body = RigidBody()
+    x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    # rotation about a principal axis is steady; |m|^2 and energy m_i^2 / (2 I_i)
+    assert float(body.vector_field(0.0, x).abs().max()) == 0.0
+    assert body.invariants(x).tolist() == [[1.0, 0.5], [4.0, 1.0]]
+    with pytest.raises(ValueError, match="`inertia` must be three positive numbers"):
+        RigidBody((1.0, 2.0))
+    with pytest.raises(ValueError, match="`inertia` must be a finite number > 0, got 0"):
+        RigidBody((1.0, 0, 3.0))

@@ -1,4 +1,4 @@
-"""Benchmark systems of the paper's Table 1, with their true invariants and protocol.
+"""Benchmark systems: the paper's Table 1 and others, with their true invariants and protocol.
 
 Each system offers ``vector_field(t, x)``, ``invariants(x)``, ``sample_initial(n, *, seed)``,
 ``trajectories(n_traj, *, t_end, n_times, noise, seed)``, ``state_dim``, ``n_invariants`` and
@@ -11,7 +11,9 @@ from .base import ConservativeSystem
 from .chemical import ChemicalKinetics
 from .damped_spring import DampedSpring
 from .kepler import Kepler
+from .lotka_volterra import LotkaVolterra
 from .pendulum import Pendulum
+from .rigid_body import RigidBody
 from .spring import SpringMass
 
 __all__ = [
@@ -19,6 +21,8 @@ __all__ = [
     "ConservativeSystem",
     "DampedSpring",
     "Kepler",
+    "LotkaVolterra",
     "Pendulum",
+    "RigidBody",
     "SpringMass",
 ]
