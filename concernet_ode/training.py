@@ -10,23 +10,32 @@ Every trainer checks its data once before the first epoch (non-empty, finite) an
 to the dtype of the model's trainable parameters, so the float64 data of
 :mod:`concernet_ode.systems` train the float32 networks of :mod:`concernet_ode.models` as they
 are; a loss that turns NaN or infinite stops the training with an error naming the epoch.
+
+When ``torch.distributed`` is initialised (``torchrun``), every trainer trains data-parallel
+on all ranks: the same global batches as one process, each rank taking a piece of each, the
+gradients summed by one all-reduce per step (:mod:`concernet_ode.distributed`). Every trainer
+takes a ``checkpoint=`` to save its state every few epochs and resume from it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypedDict
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._checks import positive_int, training_data
 from ._jacobian import call_field, check_callable, field_arity, invariant_jacobian
 from .data import TrajectoryData
+from .distributed import Checkpoint
 from .losses import (
     check_positives,
     contrastive_invariant_loss,
@@ -156,34 +165,54 @@ def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
          val_loss: Callable[[], float] | None = None,
          lr_schedule: Callable[[int], float] | None = None,
          weight_decay: float = 0.0,
-         on_epoch: Callable[[int], bool] | None = None) -> History:
-    """The loop shared by the trainers; ``on_epoch(epoch)`` (from 1) returns True to stop."""
+         on_epoch: Callable[[int], bool] | None = None,
+         reduction: str = "mean", checkpoint: Checkpoint | None = None,
+         extra_state: _Resumable | None = None) -> History:
+    """The loop shared by the trainers; ``on_epoch(epoch)`` (from 1) returns True to stop.
+
+    ``reduction="mean"``: ``batch_loss(idx)`` is the mean loss over the items ``idx``; when
+    distributed, it is called on this rank's piece of each global batch and weighted by the
+    piece's share of the batch. ``reduction="share"``: ``batch_loss(idx)`` takes the whole
+    global batch and returns this rank's share of its loss (the whole loss in one process;
+    see :func:`~concernet_ode.distributed.gather_batch`). Either way one all-reduce per step
+    sums gradients and loss over ranks. ``extra_state`` is saved in and restored from the
+    ``checkpoint`` with the loop's own state.
+    """
     params = [p for p in params if p.requires_grad]
     if not params:
         msg = "the model has no trainable parameters (all have requires_grad=False)"
         raise ValueError(msg)
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        msg = f"`checkpoint` must be a Checkpoint or None, got {type(checkpoint).__name__}"
+        raise TypeError(msg)
+    fingerprint = {"trainer": desc, "items": n_items, "batch_size": batch_size,
+                   "epochs": epochs, "seed": seed, "lr": lr,
+                   "shapes": [list(p.shape) for p in params]}
+    distributed.agree({"the number of items": n_items, "batch_size": batch_size,
+                       "epochs": epochs, "seed": seed, "lr": lr,
+                       "the number of parameters": sum(p.numel() for p in params)},
+                      params[0].device)
+    distributed.broadcast_parameters(params)
     opt = adam(params, lr, weight_decay)
     sched = None if lr_schedule is None else torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule)
     gen = torch.Generator().manual_seed(seed)
     history: History = {"loss": []}
     if val_loss is not None:
         history["val_loss"] = []
-    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not _show_progress(progress),
-               leave=False)
+    loop = _Loop(params, opt, sched, gen, history, fingerprint, extra_state)
+    first = loop.resume(checkpoint) if checkpoint is not None and checkpoint.resume else 1
+    bar = tqdm(range(first, epochs + 1), desc=desc, leave=False,
+               disable=not (_show_progress(progress) and distributed.is_main()))
     for epoch in bar:
-        total, count = 0.0, 0
+        total = 0.0
         for idx in _batches(n_items, batch_size, gen):
-            loss = batch_loss(idx)
-            value = float(loss.detach())
+            value = _step(params, opt, idx, batch_loss, reduction)
             if not math.isfinite(value):  # checked before the step, which would spread it
                 raise NonFiniteLossError(_non_finite_message(desc, value, epoch, epochs, lr,
                                                          params))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             opt.step()
             total += value * len(idx)
-            count += len(idx)
-        history["loss"].append(total / count)
+        history["loss"].append(total / n_items)
         if sched is not None:
             sched.step()
         postfix = {"loss": f"{history['loss'][-1]:.4g}"}
@@ -191,9 +220,105 @@ def _run(params: Iterable[nn.Parameter], n_items: int, batch_size: int,
             history["val_loss"].append(val_loss())
             postfix["val"] = f"{history['val_loss'][-1]:.4g}"
         bar.set_postfix(postfix, refresh=False)
-        if on_epoch is not None and on_epoch(epoch):
+        stop = on_epoch is not None and on_epoch(epoch)
+        if checkpoint is not None and (stop or epoch == epochs or epoch % checkpoint.every == 0):
+            loop.save(checkpoint, epoch, stop)
+        if stop:
             break
     return history
+
+
+def _step(params: list[nn.Parameter], opt: torch.optim.Optimizer, idx: torch.Tensor,
+          batch_loss: Callable[[torch.Tensor], torch.Tensor], reduction: str) -> float:
+    """Gradients of one global batch in ``p.grad``; returns its loss (all ranks agree)."""
+    opt.zero_grad(set_to_none=True)
+    if not distributed.is_distributed():
+        loss = batch_loss(idx)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            loss.backward()
+        return value
+    share, error = None, None
+    try:
+        if reduction == "share":
+            share = batch_loss(idx)
+        else:
+            local = distributed.shard(idx)
+            if len(local):  # a batch smaller than the world leaves some ranks none
+                share = batch_loss(local) * (len(local) / len(idx))
+        if share is not None:
+            share.backward()
+    except Exception as err:  # re-raised below, once the other ranks know
+        error = err
+    value, failed = distributed.all_reduce_step(params, share, error is not None)
+    if error is not None:
+        raise error
+    if failed:
+        msg = (f"rank {failed[0]} failed in a training step (its own message is in its "
+               "output); every rank stops")
+        raise RuntimeError(msg)
+    return value
+
+
+class _Resumable:
+    """What a trainer keeps beside the loop's state in a checkpoint (the refine guard)."""
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        raise NotImplementedError
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        raise NotImplementedError
+
+
+class _Loop:
+    """The state of :func:`_run` that a checkpoint saves and a resumed run restores."""
+
+    def __init__(self, params: list[nn.Parameter], opt: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LRScheduler | None, gen: torch.Generator,
+                 history: History, fingerprint: dict, extra: _Resumable | None) -> None:
+        self.params, self.opt, self.sched, self.gen = params, opt, sched, gen
+        self.history, self.fingerprint, self.extra = history, fingerprint, extra
+
+    def save(self, checkpoint: Checkpoint, epoch: int, stopped: bool) -> None:
+        tensors, optim = distributed.optimizer_state(self.opt)
+        tensors.update(distributed.parameter_tensors(self.params))
+        tensors.update(distributed.rng_state(self.gen))
+        meta = {"fingerprint": self.fingerprint, "epoch": epoch, "stopped": stopped,
+                "history": self.history, "optimizer": optim,
+                "scheduler": None if self.sched is None else _scheduler_state(self.sched)}
+        if self.extra is not None:
+            extra_tensors, meta["extra"] = self.extra.checkpoint_state()
+            tensors.update({f"extra.{k}": v for k, v in extra_tensors.items()})
+        distributed.save_state(checkpoint.path, tensors, meta)
+
+    def resume(self, checkpoint: Checkpoint) -> int:
+        """Load ``checkpoint`` if it exists; the first epoch still to run."""
+        if not Path(checkpoint.path).exists():
+            return 1
+        tensors, meta = distributed.load_state(checkpoint.path)
+        distributed.check_fingerprint(checkpoint.path, meta["fingerprint"],
+                                      json.loads(json.dumps(self.fingerprint)))
+        distributed.load_parameters(self.params, tensors)
+        distributed.load_optimizer_state(self.opt, tensors, meta["optimizer"])
+        if self.sched is not None:
+            self.sched.load_state_dict(meta["scheduler"])
+        distributed.load_rng_state(self.gen, tensors)
+        for key, values in meta["history"].items():
+            self.history.setdefault(key, [])[:] = values
+        if self.extra is not None:
+            prefix = "extra."
+            self.extra.load_checkpoint_state(
+                {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                meta["extra"])
+        return self.fingerprint["epochs"] + 1 if meta["stopped"] else meta["epoch"] + 1
+
+
+def _scheduler_state(sched: torch.optim.lr_scheduler.LRScheduler) -> dict:
+    """The scheduler's counters; its ``lr_lambda`` is the trainer's, rebuilt on resume."""
+    state = sched.state_dict()
+    if "lr_lambdas" in state:
+        state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+    return state
 
 
 def _non_finite_message(desc: str, value: float, epoch: int, epochs: int, lr: float,
@@ -207,18 +332,31 @@ def _non_finite_message(desc: str, value: float, epoch: int, epochs: int, lr: fl
 
 def _invariant_loss(model: nn.Module, normalize: bool, ranking_weight: float,
                     ranking_margin: float, flow_weight: float, positives: str,
-                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss of :func:`fit_invariants` on a batch of trajectories ``(B, T, n)``."""
+                    ) -> Callable[..., torch.Tensor]:
+    """The loss of :func:`fit_invariants` on a batch of trajectories ``(B, T, n)``.
 
-    def loss(x: torch.Tensor, dxdt: torch.Tensor) -> torch.Tensor:
+    Called as ``loss(x, dxdt)`` on a whole batch, or, in a distributed step, as
+    ``loss(x, dxdt, n_global)`` on this rank's piece of a batch of ``n_global``
+    trajectories: the features of all pieces are gathered with their gradients, so that
+    the standardisation, the negatives of the contrastive loss and the ranking loss are those
+    of the whole batch, and it returns this rank's share (see ``_run``'s ``reduction``).
+    """
+
+    def loss(x: torch.Tensor, dxdt: torch.Tensor | None,
+             n_global: int | None = None) -> torch.Tensor:
         feats = model(x)
+        if n_global is not None:
+            feats = distributed.gather_batch(feats, n_global)
         if normalize:
             feats = standardize_features(feats)
         total = contrastive_invariant_loss(feats, normalize=False, positives=positives)
         if ranking_weight > 0:
             total = total + ranking_weight * ranking_loss(feats, margin=ranking_margin)
-        if flow_weight > 0:
-            total = total + flow_weight * flow_alignment_loss(model, x, dxdt)
+        if n_global is not None:  # every rank computed the whole batch's loss: 1/K each
+            total = total / distributed.world_size()
+        if flow_weight > 0 and len(x):  # a mean over points: weighted by this piece's share
+            share = 1.0 if n_global is None else len(x) / n_global
+            total = total + flow_weight * share * flow_alignment_loss(model, x, dxdt)
         return total
 
     return loss
@@ -270,7 +408,8 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
                    val_data: TrajectoryData | None = None, ranking_weight: float = 0.0,
                    ranking_margin: float = 0.0, flow_weight: float = 0.0,
                    lr_schedule: Schedule = "cosine",
-                   positives: str | None = None, weight_decay: float = 0.3) -> History:
+                   positives: str | None = None, weight_decay: float = 0.3,
+                   checkpoint: Checkpoint | None = None) -> History:
     """Train ``model`` to output invariants of the trajectories in ``data`` (eqs. (4), (8)).
 
     Each step takes ``batch_size`` whole trajectories and minimises
@@ -314,6 +453,9 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
             lowest-degree conserved polynomial where there is one (the spring's
             ``q^2 + p^2``). On raw (``normalize=False``) features decay also shrinks their
             scale, which sets the similarity kernel's width: pass 0 there.
+        checkpoint: save the training state there every ``checkpoint.every`` epochs, and
+            resume from it (:class:`~concernet_ode.distributed.Checkpoint`); ``None`` (the
+            default) saves nothing.
 
     Returns:
         ``{"loss": [...], "val_loss": [...]}``: per-epoch mean losses.
@@ -342,10 +484,11 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
     if flow_weight > 0:
         data.require_dxdt("`flow_weight` > 0 (the flow-alignment term)")
 
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:  # the global batch: see `_run`
+        local = distributed.shard(idx)
         if len(idx) < 2:  # a last batch of one trajectory has no negatives: skip its loss
-            return model(data.x[idx]).sum() * 0.0
-        return loss(data.x[idx], None if data.dxdt is None else data.dxdt[idx])
+            return model(data.x[local]).sum() * 0.0
+        return loss(data.x[local], None if data.dxdt is None else data.dxdt[local], len(idx))
 
     val_loss = None
     if val_data is not None:
@@ -357,7 +500,8 @@ def fit_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 1000
 
     return _run(model.parameters(), data.n_traj, batch_size, batch_loss, epochs=epochs, lr=lr,
                 seed=seed, progress=progress, desc="invariants", val_loss=val_loss,
-                lr_schedule=_check_schedule(lr_schedule, epochs), weight_decay=weight_decay)
+                lr_schedule=_check_schedule(lr_schedule, epochs), weight_decay=weight_decay,
+                reduction="share", checkpoint=checkpoint)
 
 
 def _check_point_training(model: object, data: object, epochs: object, lr: object,
@@ -398,9 +542,19 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-class _BestState:
+class _BestState(_Resumable):
     """The validation guard of :func:`refine_invariants`: held-out losses, the best state
     so far (the starting one included) and when to stop."""
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return ({f"best.{k}": v for k, v in self.best_state.items()},
+                {"losses": self.losses, "best_epoch": self.best_epoch,
+                 "stopped_early": self.stopped_early})
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.best_state = {k: tensors[f"best.{k}"].to(old) for k, old in self.best_state.items()}
+        self.losses[:] = meta["losses"]
+        self.best_epoch, self.stopped_early = meta["best_epoch"], meta["stopped_early"]
 
     def __init__(self, model: nn.Module, val_loss: Callable[[], float], patience: int,
                  epochs: int) -> None:
@@ -461,7 +615,8 @@ def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 2
                       batch_size: int = 100, lr: float = 1e-4, seed: int = 0,
                       progress: bool = True, lr_schedule: Schedule = "cosine",
                       validation: float | TrajectoryData | None = 0.2,
-                      patience: int | None = None) -> RefineHistory:
+                      patience: int | None = None,
+                      checkpoint: Checkpoint | None = None) -> RefineHistory:
     """Refine learned invariants so their level sets contain the observed flow.
 
     The contrastive loss sees states only: it makes ``H`` nearly constant along each training
@@ -507,6 +662,10 @@ def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 2
             early (the best state is still restored). Unused with ``validation=None``. Under
             the default cosine schedule the held-out score often rises while the step is
             large and falls as it anneals: a short patience then stops before the gain.
+        checkpoint: save the training state there every ``checkpoint.every`` epochs, with the
+            guard's state, and
+            resume from it (:class:`~concernet_ode.distributed.Checkpoint`); ``None`` (the
+            default) saves nothing.
 
     Returns:
         A :class:`RefineHistory`: ``loss`` (per-epoch mean normal flow, squared, units of
@@ -534,8 +693,10 @@ def refine_invariants(model: nn.Module, data: TrajectoryData, *, epochs: int = 2
     def run(on_epoch: Callable[[int], bool] | None = None) -> History:
         return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
                     lr=lr, seed=seed, progress=progress, desc="refine",
-                    lr_schedule=_check_schedule(lr_schedule, epochs), on_epoch=on_epoch)
+                    lr_schedule=_check_schedule(lr_schedule, epochs), on_epoch=on_epoch,
+                    checkpoint=checkpoint, extra_state=guard)
 
+    guard = None
     if held_out is None:
         loss = run()["loss"]
         return RefineHistory(loss=loss, val_loss=[], best_epoch=len(loss),
@@ -577,7 +738,8 @@ def _frozen(module: object, freeze: bool) -> Iterator[None]:
 def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
                  batch_size: int = 100, lr: float = 1e-3, seed: int = 0,
                  progress: bool = True, train_invariants: bool = False,
-                 lr_schedule: Schedule = "cosine") -> History:
+                 lr_schedule: Schedule = "cosine",
+                 checkpoint: Checkpoint | None = None) -> History:
     """Fit a vector field to the derivatives in ``data`` by mean squared error over points.
 
     Args:
@@ -595,6 +757,9 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
             by default it stays frozen (the ConCerNet recipe: learn ``H`` first, then ``f``).
         lr_schedule: ``"cosine"`` (default), ``None`` or ``epoch -> factor`` of ``lr``, as in
             :func:`fit_invariants`.
+        checkpoint: save the training state there every ``checkpoint.every`` epochs, and
+            resume from it (:class:`~concernet_ode.distributed.Checkpoint`); ``None`` (the
+            default) saves nothing.
 
     Returns:
         ``{"loss": [...]}``: per-epoch mean squared errors.
@@ -621,20 +786,22 @@ def fit_dynamics(model: Callable, data: TrajectoryData, *, epochs: int = 1000,
 
         return _run(model.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
                     lr=lr, seed=seed, progress=progress, desc="dynamics",
-                    lr_schedule=_check_schedule(lr_schedule, epochs))
+                    lr_schedule=_check_schedule(lr_schedule, epochs), checkpoint=checkpoint)
 
 
 def fit_autoencoder(autoencoder: nn.Module, data: TrajectoryData | torch.Tensor, *,
                     epochs: int = 1000, batch_size: int = 100, lr: float = 1e-3,
                     seed: int = 0, progress: bool = True,
-                    lr_schedule: Schedule = "cosine") -> History:
+                    lr_schedule: Schedule = "cosine",
+                    checkpoint: Checkpoint | None = None) -> History:
     """Train an autoencoder on states by mean squared reconstruction error.
 
     Args:
         autoencoder: an ``Autoencoder`` (anything whose ``forward`` reconstructs its input).
         data: trajectories (their states are used; derivatives are not needed) or a tensor
             of states ``(..., n)``, cast to the dtype of the autoencoder's parameters.
-        epochs, batch_size, lr, seed, progress, lr_schedule: as in :func:`fit_dynamics`.
+        epochs, batch_size, lr, seed, progress, lr_schedule, checkpoint: as in
+            :func:`fit_dynamics`.
 
     Returns:
         ``{"loss": [...]}``: per-epoch mean squared reconstruction errors.
@@ -663,4 +830,4 @@ def fit_autoencoder(autoencoder: nn.Module, data: TrajectoryData | torch.Tensor,
 
     return _run(autoencoder.parameters(), x.shape[0], batch_size, batch_loss, epochs=epochs,
                 lr=lr, seed=seed, progress=progress, desc="autoencoder",
-                lr_schedule=_check_schedule(lr_schedule, epochs))
+                lr_schedule=_check_schedule(lr_schedule, epochs), checkpoint=checkpoint)
