@@ -1,11 +1,13 @@
-"""Tests of the py-pde heat system: the torch field against py-pde, conservation, data."""
+"""Tests of the py-pde systems: the torch fields against py-pde, conservation, data."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from concernet_ode.integrations.py_pde import HeatEquation1D
+from concernet_ode.integrations.py_pde import HeatEquation1D, HeatEquation2D, WaveEquation1D
 
 pde = pytest.importorskip("pde")
 
@@ -185,3 +187,167 @@ def test_evolution_rate_takes_a_progress_flag(heat, data):
     x = data.x[:1, :3]
     torch.testing.assert_close(heat.evolution_rate(x, progress=True), heat.evolution_rate(x),
                                rtol=0, atol=0)
+
+
+# --- 2-D heat and the 1-D wave ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def heat2d() -> HeatEquation2D:
+    return HeatEquation2D(shape=(12, 8), domain=(-3.0, 3.0), diffusivity=0.7)
+
+
+@pytest.fixture(scope="module")
+def wave() -> WaveEquation1D:
+    return WaveEquation1D(n_cells=24, speed=1.3)
+
+
+def _py_pde_rates(system, x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([system.from_field(system.equation.evolution_rate(system.to_field(u)))
+                        for u in x])
+
+
+@pytest.mark.parametrize("make", [lambda: HeatEquation2D(), lambda: HeatEquation2D(
+    shape=(12, 8), domain=(-3.0, 3.0), diffusivity=0.7), lambda: WaveEquation1D(),
+    lambda: WaveEquation1D(n_cells=24, domain=(-1.0, 2.0), speed=1.3)])
+def test_new_systems_field_matches_py_pde_evolution_rate(make, rng):
+    system = make()
+    x = torch.rand(3, system.state_dim, generator=rng, dtype=torch.float64)
+    reference = _py_pde_rates(system, x)
+    scale = float(reference.abs().max())
+    torch.testing.assert_close(system.vector_field(0.0, x), reference, rtol=0,
+                               atol=16 * torch.finfo(torch.float64).eps * scale)
+    torch.testing.assert_close(system.evolution_rate(x), reference, rtol=0, atol=0)
+
+
+def test_heat2d_defaults_and_layout():
+    heat = HeatEquation2D()
+    assert heat.state_dim == 4096 and heat.n_invariants == 1 and heat.shape == (64, 64)
+    assert heat.cell_widths == pytest.approx((10 / 64, 10 / 64))
+    x = torch.arange(4096, dtype=torch.float64)
+    field = heat.to_field(x)
+    assert field.data.shape == (64, 64) and field.data[1, 0] == 64.0  # C order: x first
+    torch.testing.assert_close(heat.from_field(field), x, rtol=0, atol=0)
+    torch.testing.assert_close(heat.invariants(torch.ones(2, 4096, dtype=torch.float64)),
+                               torch.full((2, 1), 100.0, dtype=torch.float64))
+
+
+def test_heat2d_field_conserves_total_heat(heat2d, dtype, rng):
+    x = torch.rand(4, heat2d.state_dim, generator=rng, dtype=torch.float64).to(dtype)
+    f = heat2d.vector_field(0.0, x)
+    assert f.dtype == dtype and f.shape == x.shape
+    rel = heat2d.invariants(f).abs().max() / (math.prod(heat2d.cell_widths) * f.abs().sum(-1).max())
+    assert float(rel) < (1e-6 if dtype == torch.float32 else 1e-14)
+
+
+def test_heat2d_sample_initial(heat2d):
+    x0 = HeatEquation2D().sample_initial(200, seed=0)
+    assert x0.shape == (200, 4096)
+    assert 0.5 < float(x0.max(-1).values.min()) and float(x0.max()) <= 1.0
+    torch.testing.assert_close(x0, HeatEquation2D().sample_initial(200, seed=0))
+
+
+def test_wave_layout_and_invariants(wave):
+    u = torch.sin(wave.coordinates)
+    x = torch.cat([u, 0.5 * torch.ones(24, dtype=torch.float64)])
+    field = wave.to_field(x)
+    assert field.data.shape == (2, 24)
+    torch.testing.assert_close(torch.from_numpy(field[0].data.copy()), u)
+    torch.testing.assert_close(wave.from_field(field), x, rtol=0, atol=0)
+    dx = wave.cell_width
+    momentum, energy = wave.invariants(x).unbind(-1)
+    # by hand: P = dx sum(v); E = dx/2 sum(v^2) + c^2 dx/2 sum(forward difference^2)
+    diff = (torch.roll(u, -1) - u) / dx
+    expected = 0.5 * dx * (24 * 0.25 + 1.3**2 * float(diff.pow(2).sum()))
+    assert float(momentum) == pytest.approx(24 * 0.5 * dx, rel=1e-14)
+    assert float(energy) == pytest.approx(expected, rel=1e-14)
+
+
+def test_wave_energy_and_momentum_are_invariants_of_the_discrete_field(wave, rng):
+    """dH/dt = grad H . f vanishes to rounding at random states, for both quantities."""
+    x = torch.randn(16, wave.state_dim, generator=rng, dtype=torch.float64).requires_grad_()
+    h = wave.invariants(x)
+    f = wave.vector_field(0.0, x).detach()
+    for j in range(2):
+        (grad,) = torch.autograd.grad(h[..., j].sum(), x, retain_graph=True)
+        rate = (grad * f).sum(-1)
+        scale = (grad.abs() * f.abs()).sum(-1)
+        assert float((rate.abs() / scale).max()) < 1e-13
+    # the centred-difference energy is *not* conserved by this scheme
+    u, v = x.detach().split(24, -1)
+    du, dv = f.split(24, -1)
+    centred = (u.roll(-1, -1) - u.roll(1, -1)) / (2 * wave.cell_width)
+    dcentred = (du.roll(-1, -1) - du.roll(1, -1)) / (2 * wave.cell_width)
+    rate = (v * dv).sum(-1) + wave.speed**2 * (centred * dcentred).sum(-1)
+    assert float(rate.abs().max()) > 1e-3
+
+
+def test_new_systems_data_conserve_their_invariants(heat2d, wave):
+    for system, t_end, tol in ((heat2d, 1.0, 1e-10), (wave, 2.0, 1e-6)):
+        data = system.trajectories(2, t_end=t_end, n_times=5, seed=0, progress=False)
+        assert data.x.shape == (2, 5, system.state_dim)
+        h = system.invariants(data.x)
+        assert float(((h - h[:, :1]).abs() / h[:, :1].abs().clamp_min(1e-3)).max()) < tol
+        torch.testing.assert_close(data.dxdt, system.vector_field(0.0, data.x), rtol=0,
+                                   atol=1e-12)
+        torch.testing.assert_close(data.x[:, 0], system.sample_initial(2, seed=0))
+
+
+def test_wave_data_match_the_exact_semi_discrete_solution(wave):
+    """py-pde's adaptive solve against exp(t A) x0 of the same linear system."""
+    data = wave.trajectories(2, t_end=1.0, n_times=3, seed=1, progress=False)
+    eye = torch.eye(wave.state_dim, dtype=torch.float64)
+    a = wave.vector_field(0.0, eye).T  # columns: the field of each unit vector
+    exact = torch.linalg.matrix_exp(a * data.t[:, None, None])
+    expected = torch.einsum("tij,nj->nti", exact, data.x[:, 0])
+    torch.testing.assert_close(data.x, expected, rtol=0, atol=1e-6)
+
+
+def test_wave_sample_has_varied_momentum_and_energy(wave):
+    h = WaveEquation1D().invariants(WaveEquation1D().sample_initial(500, seed=0))
+    assert float(h[:, 0].min()) < -0.1 and float(h[:, 0].max()) > 0.1
+    assert float(h[:, 1].min()) > 0.1 and float(h[:, 1].std()) > 0.1
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (lambda: HeatEquation2D(shape=(64,)), ValueError, r"`shape` must be two cell counts"),
+    (lambda: HeatEquation2D(shape=(2, 64)), ValueError, r"`shape\[0\]` must be an int >= 3"),
+    (lambda: HeatEquation2D(domain=(1.0, 1.0)), ValueError, "`domain` must be a finite"),
+    (lambda: HeatEquation2D(diffusivity=-1.0), ValueError, "`diffusivity` must be a finite"),
+    (lambda: WaveEquation1D(n_cells=2), ValueError, "`n_cells` must be an int >= 3"),
+    (lambda: WaveEquation1D(speed=0.0), ValueError, "`speed` must be a finite number > 0"),
+    (lambda: WaveEquation1D(tolerance=0.0), ValueError, "`tolerance` must be a finite"),
+    (lambda: WaveEquation1D(n_cells=8).vector_field(0.0, torch.zeros(8)), ValueError,
+     r"`x` must have shape \(\.\.\., 16\)"),
+    (lambda: WaveEquation1D(n_cells=8).to_field(torch.zeros(2, 16)), ValueError,
+     r"`x` must be a tensor of shape \(16,\), got \(2, 16\)"),
+    (lambda: WaveEquation1D(n_cells=8).from_field(pde.ScalarField(
+        pde.UnitGrid([8]))), ValueError, "`field` must be a py-pde field with 16 values"),
+    (lambda: HeatEquation2D(shape=(4, 4)).solve(torch.zeros(16), torch.linspace(0, 1, 3)),
+     ValueError, r"`x0` must have shape \(N, 16\)"),
+])
+def test_new_system_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_new_systems_refuse_requests_that_cannot_fit(monkeypatch):
+    monkeypatch.setattr("concernet_ode._checks.available_memory", lambda: 2**30)
+    with pytest.raises(MemoryError, match=r"`n_traj` = 10000 trajectories of `n_times` = 21 "
+                                          r"states of dimension 4096 need about"):
+        HeatEquation2D().trajectories(10_000, t_end=1.0, n_times=21, seed=0, progress=False)
+    with pytest.raises(MemoryError, match=r"of dimension 128 need about"):
+        WaveEquation1D().trajectories(10**6, t_end=1.0, n_times=33, seed=0, progress=False)
+
+
+@pytest.mark.slow
+def test_protocol_training_sets_of_the_new_systems_within_a_minute():
+    import time
+
+    for system in (HeatEquation2D(), WaveEquation1D()):
+        system.trajectories(1, t_end=0.1, n_times=2, seed=0, progress=False)  # compile
+        start = time.perf_counter()
+        data = system.trajectories(system.train_traj, t_end=system.train_t_end,
+                                   n_times=system.train_n_times, noise=system.noise, seed=0,
+                                   progress=False)
+        assert time.perf_counter() - start < 60
+        assert data.x.shape == (system.train_traj, system.train_n_times, system.state_dim)
