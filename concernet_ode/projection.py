@@ -135,6 +135,109 @@ def _remove_components(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return v - (coeff * q).sum(-2)
 
 
+# From this state dimension on, ProjectedVectorField projects through the Gram matrix
+# (:func:`_gram_project`): Gram-Schmidt's elementwise passes over ``(..., m, n)`` rows then
+# cost as much as ``f`` and ``dH/dx`` (``benchmarks/projection_overhead.py``). Below it the
+# Gram-Schmidt path runs exactly as before: the Table 1 reproduction (n <= 101) depends on
+# its bits.
+_GRAM_MIN_N = 256
+
+# One pass of normal equations errs by about eps * cond^2 (|v| units), Gram-Schmidt by
+# eps * cond; below this bound on cond^2 of the unit rows the two agree within 64 ulps.
+_ONE_PASS_COND2 = 64.0
+
+
+def _gram_project(jac: torch.Tensor, v: torch.Tensor, rel: float,
+                  h: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``v`` minus its components in the row space of ``jac``, through ``J J^T``; or ``None``.
+
+    The Gram matrix of the rows scaled to unit norm, ``S J J^T S = L L^T`` (Cholesky, ``S``
+    diagonal), decides per call. ``L_ii`` is the sine of the angle between row ``i`` and the
+    rows before it, and ``cond(S J)^2 <= m |L^{-1}|_F^2``. Where that bound is at most
+    ``_ONE_PASS_COND2`` for every sample (the common case; always for ``m = 1``), one pass
+    of normal equations, ``v - J^T S L^{-T} L^{-1} S J v``, is as accurate as Gram-Schmidt
+    and reads the big rows three times. Otherwise :func:`_cholesky_qr2` projects, and
+    Gram-Schmidt takes the samples whose rows are nearly dependent (or, as it decides, are).
+
+    Returns ``None`` where the per-call test of :meth:`ProjectedVectorField._basis` (``h``
+    finite, row norms in ``(tiny, inf)``) fails somewhere, or no sample suits CholeskyQR2:
+    the caller then takes the Gram-Schmidt path with its checks.
+
+    Shapes:
+        jac: ``(..., m, n)``; v: ``(..., n)``; h: ``(..., m)``; returns ``(..., n)``.
+    """
+    m, n = jac.shape[-2:]
+    count = v[..., 0].numel()
+    rows, vec = jac.reshape(count, m, n), v.reshape(count, 1, n)  # (S, m, n), (S, 1, n)
+    gram = rows @ rows.mT  # (S, m, m)
+    sq = gram.diagonal(dim1=-2, dim2=-1)  # squared row norms, (S, m)
+    finfo = torch.finfo(jac.dtype)
+    norms = sq.sqrt()
+    regular = ((norms > finfo.tiny) & (norms < math.inf)).all()
+    if not bool(regular if h is None else regular & torch.isfinite(h).all()):
+        return None
+    normal = sq >= finfo.tiny  # a subnormal |J_i|^2 has lost precision: Gram-Schmidt
+    scale = torch.where(normal, sq, 1.0).rsqrt().unsqueeze(-1)  # (S, m, 1)
+    unit_gram = gram * scale * scale.mT
+    low, info = torch.linalg.cholesky_ex(unit_gram)
+    factored = (info == 0) & normal.all(-1)
+    pivot = torch.where(factored, low.diagonal(dim1=-2, dim2=-1).amin(-1), 0.0)  # (S,)
+    eye = torch.eye(m, dtype=jac.dtype, device=jac.device)
+    inv = torch.linalg.solve_triangular(low, eye, upper=False)  # L^{-1}
+    one_pass = (pivot > rel) & (m * inv.square().sum((-2, -1)) <= _ONE_PASS_COND2)
+    if bool(one_pass.all()):
+        coeff = scale * (inv.mT @ (inv @ (scale * (rows @ vec.mT))))  # (S, m, 1)
+        return torch.baddbmm(vec, coeff.mT, rows, alpha=-1).reshape(v.shape)
+    ok = pivot > max(finfo.eps ** 0.25, rel)  # CholeskyQR2 is accurate; the row is kept
+    if not bool(ok.any()):
+        return None
+    out = _cholesky_qr2(rows, vec, unit_gram, scale, ok)
+    if out is None:
+        return None
+    if not bool(ok.all()):
+        bad = torch.nonzero(~ok).squeeze(-1)
+        q, _ = _gram_schmidt(rows[bad], rel)
+        out = out.index_put((bad,), _remove_components(q, vec[bad, 0]))
+    return out.reshape(v.shape)
+
+
+def _cholesky_qr2(rows: torch.Tensor, vec: torch.Tensor, unit_gram: torch.Tensor,
+                  scale: torch.Tensor, ok: torch.Tensor) -> torch.Tensor | None:
+    """``vec`` projected by CholeskyQR2 where ``ok``; arbitrary (finite) values elsewhere.
+
+    ``Q1 = L^{-1} S J`` has orthonormal rows up to ``eps * cond(S J)^2``; the projector onto
+    its rows, ``Q1^T (Q1 Q1^T)^{-1} Q1``, applies the second Cholesky factor through a solve
+    (CholeskyQR2 without forming ``Q2``) and is orthogonal to working precision while
+    ``cond(S J) << eps^{-1/2}``. Where not ``ok`` the identity is factored instead, so that
+    values and gradients stay finite. ``None`` if the second factorisation fails (not
+    expected: ``Q1 Q1^T`` is then close to the identity).
+
+    Shapes:
+        rows: ``(S, m, n)``; vec: ``(S, 1, n)``; unit_gram: ``(S, m, m)``; scale:
+        ``(S, m, 1)``; ok: ``(S,)``; returns ``(S, n)``.
+    """
+    m = rows.shape[-2]
+    eye = torch.eye(m, dtype=rows.dtype, device=rows.device)
+    keep = ok[:, None, None]
+    low = torch.linalg.cholesky(torch.where(keep, unit_gram, eye))
+    # Forward substitution on J, not L^{-1} times J: each row of Q1 is then a combination of
+    # the rows of J up to eps, not eps * cond (which would tilt the projected subspace by that).
+    # Row by row, as torch's triangular solve is slow for (m, n) right-hand sides.
+    low = low / scale  # factor of J J^T itself
+    q1_rows: list[torch.Tensor] = []
+    for i in range(m):
+        rest = rows[:, i]  # (S, n)
+        for k in range(i):
+            rest = torch.addcmul(rest, low[:, i, k:k + 1], q1_rows[k], value=-1)
+        q1_rows.append(rest / low[:, i, i:i + 1])
+    q1 = torch.stack(q1_rows, -2)  # (S, m, n)
+    low1, info1 = torch.linalg.cholesky_ex(torch.where(keep, q1 @ q1.mT, eye))
+    if bool(info1.any()):
+        return None
+    coeff = torch.cholesky_solve(q1 @ vec.mT, low1)  # (S, m, 1)
+    return torch.baddbmm(vec, coeff.mT, q1, alpha=-1).squeeze(-2)
+
+
 def tangent_project(jac: torch.Tensor, v: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     """Remove from ``v`` its component in the row space of ``jac``.
 
@@ -272,6 +375,11 @@ class ProjectedVectorField(_GradientConstrainedField):
         ``J`` and ``H(x)``): finite, and no row zero. Only when it fails does a slower path
         find which: an error for NaN/inf, a rescaled orthonormalisation for rows whose squared
         norm overflows (``|grad H| > sqrt(finfo.max)``), the warning for a critical point.
+        For ``n >= 256`` (float32/float64) the projection goes through the ``(m, m)`` Gram
+        matrix ``J J^T`` (Cholesky; CholeskyQR2 where the gradients are nearly parallel;
+        Gram-Schmidt per state where they are nearly dependent), which agrees with
+        Gram-Schmidt to ``eps * cond`` and reads the ``(..., m, n)`` rows a few times instead
+        of a dozen; below, Gram-Schmidt exactly as in earlier versions.
 
     Shapes:
         x: ``(..., n)``; output: ``(..., n)``, dtype and device of ``x``.
@@ -306,12 +414,21 @@ class ProjectedVectorField(_GradientConstrainedField):
             msg = f"`v` must be a tensor of the shape of `x`, {tuple(x.shape)}; got {got}"
             raise ValueError(msg)
         h, jac = self._jacobian(x)
-        return _remove_components(self._basis(x, h, jac), v)
+        return self._project(x, h, jac, v)
 
     def forward(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
         """Evaluate the projected field at time ``t`` and states ``x``."""
         h, jac = self._jacobian(x)
         v = call_field(self.f, self._arity, t, x, "f")
+        return self._project(x, h, jac, v)
+
+    def _project(self, x: torch.Tensor, h: torch.Tensor, jac: torch.Tensor,
+                 v: torch.Tensor) -> torch.Tensor:
+        """``v`` projected: through ``J J^T`` for large ``n``, else (or irregular) Gram-Schmidt."""
+        if x.shape[-1] >= _GRAM_MIN_N and jac.dtype in (torch.float32, torch.float64):
+            out = _gram_project(jac, v, _rank_cutoff(jac.dtype, self.eps), h)
+            if out is not None:
+                return out
         return _remove_components(self._basis(x, h, jac), v)
 
     def _basis(self, x: torch.Tensor, h: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -12,10 +13,32 @@ from hypothesis import strategies as st
 from torchdiffeq import odeint, odeint_adjoint
 
 from concernet_ode import MLP, ProjectedVectorField
+from concernet_ode import projection as projection_module
 from concernet_ode._jacobian import invariant_jacobian
-from concernet_ode.projection import orthonormal_rows
+from concernet_ode.projection import (
+    _gram_project,
+    _gram_schmidt,
+    _remove_components,
+    orthonormal_rows,
+)
 
 from .conftest import RTOL
+
+
+def gram_path():
+    """Make ProjectedVectorField take its large-n path (through ``J J^T``) at every ``n``."""
+    return mock.patch.object(projection_module, "_GRAM_MIN_N", 1)
+
+
+@pytest.fixture(params=["gram_schmidt", "gram"])
+def path(request):
+    """The projection's two paths: Gram-Schmidt (n < 256) and through ``J J^T`` (n >= 256)."""
+    if request.param == "gram_schmidt":
+        yield request.param
+        return
+    with gram_path():
+        yield request.param
+
 
 # ----------------------------------------------------------------------------------------
 # Random fields and invariants for the property tests
@@ -109,7 +132,7 @@ def kepler_invariants(x):
     return torch.stack([energy, momentum], dim=-1)
 
 
-def test_tangent_field_is_left_unchanged(dtype, device):
+def test_tangent_field_is_left_unchanged(dtype, device, path):
     # The Kepler field conserves E and L: it is already tangent to their level sets.
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=gen, dtype=dtype).to(device) + 2.0
@@ -123,7 +146,7 @@ def test_tangent_field_is_left_unchanged(dtype, device):
 # Rank deficiency
 
 
-def test_critical_point_leaves_field_unchanged_and_finite(dtype):
+def test_critical_point_leaves_field_unchanged_and_finite(dtype, path):
     def f(x):
         return torch.ones_like(x)
 
@@ -136,7 +159,7 @@ def test_critical_point_leaves_field_unchanged_and_finite(dtype):
     assert bool(torch.isfinite(x.grad).all())
 
 
-def test_dependent_invariants_project_like_one(dtype):
+def test_dependent_invariants_project_like_one(dtype, path):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(16, 3, generator=gen, dtype=dtype)
 
@@ -351,7 +374,7 @@ def test_properties_give_back_field_and_invariants():
     assert field.field is _f and field.invariants is _h
 
 
-def test_no_nan_from_nonfinite_free_input():
+def test_no_nan_from_nonfinite_free_input(path):
     # The projection never creates NaN from finite inputs, even at huge scales.
     x = torch.tensor([[1e30, -1e30, 3.0]], dtype=torch.float64)
     out = ProjectedVectorField(_f, lambda x: x[..., 0] + x[..., 1])(0.0, x)
@@ -405,7 +428,7 @@ def test_an_h_of_parameters_only_is_an_error():
      r"`H` is not finite at 1 of 2 state\(s\), indices \[1\] .*dH/dx = \[nan, 1\.0\] at "
      r"x = \[0\.0, 0\.5\]"),
 ])
-def test_an_h_not_finite_at_a_state_is_an_error_naming_it(H, bad, match):
+def test_an_h_not_finite_at_a_state_is_an_error_naming_it(H, bad, match, path):
     x = torch.tensor([[1.0, 0.5], bad], dtype=torch.float64)
     with pytest.raises(ValueError, match=match):
         ProjectedVectorField(_spring, H)(0.0, x)
@@ -413,7 +436,7 @@ def test_an_h_not_finite_at_a_state_is_an_error_naming_it(H, bad, match):
         ProjectedVectorField(_spring, H)(0.0, x[1])
 
 
-def test_an_overflowing_h_is_an_error():
+def test_an_overflowing_h_is_an_error(path):
     # |x| = 1e160 in float64: H = |x| overflows (and its gradient x / |x| is then 0)
     x = torch.tensor([[1e160, 0.5e160]], dtype=torch.float64)
     with pytest.raises(ValueError, match=r"`H\(x\)` = \[inf\] at x = \[1e\+160, 5e\+159\]"):
@@ -426,7 +449,7 @@ def test_an_overflowing_h_is_an_error():
     (torch.float32, _circle, [[1e19, 0.5e19], [0.6, 0.8]]),
     (torch.float64, lambda x: 1e160 * (x[..., 0] + 2 * x[..., 1]), [[1.0, 1.0], [0.6, 0.8]]),
 ])
-def test_gradients_too_large_to_square_are_still_projected_out(dtype, H, x):
+def test_gradients_too_large_to_square_are_still_projected_out(dtype, H, x, path):
     x = torch.tensor(x, dtype=dtype)
     out = ProjectedVectorField(_spring, H)(0.0, x)
     _, jac = invariant_jacobian(H, x)
@@ -434,8 +457,12 @@ def test_gradients_too_large_to_square_are_still_projected_out(dtype, H, x):
     cosine = (out * g).sum(-1) / (_spring(0, x).norm(dim=-1) * g.norm(dim=-1))
     assert bool((cosine.abs() <= RTOL[dtype]).all()), cosine
     assert bool(torch.isfinite(out).all())
-    # the ordinary sample keeps its bits: the slow path is taken for the overflowing one only
-    assert torch.equal(out[1], ProjectedVectorField(_spring, H)(0.0, x[1:])[0])
+    alone = ProjectedVectorField(_spring, H)(0.0, x[1:])[0]
+    if path == "gram_schmidt":
+        # the ordinary sample keeps its bits: the slow path is taken for the overflowing one only
+        assert torch.equal(out[1], alone)
+    else:  # the batch fell back to Gram-Schmidt; alone, the sample is projected through J J^T
+        torch.testing.assert_close(out[1], alone, rtol=RTOL[dtype], atol=RTOL[dtype])
 
 
 def test_orthonormal_rows_rescales_huge_rows_and_rejects_nonfinite_ones():
@@ -450,7 +477,7 @@ def test_orthonormal_rows_rescales_huge_rows_and_rejects_nonfinite_ones():
         orthonormal_rows(jac)
 
 
-def test_critical_point_warns_once_per_field():
+def test_critical_point_warns_once_per_field(path):
     # From x0 = 0, H = |x|^2, plain odeint did not finish in 240 s: the field is stiff there.
     field = ProjectedVectorField(lambda t, x: _spring(t, x) + 0.3, _circle)
     x0 = torch.zeros(2, dtype=torch.float64)
@@ -466,3 +493,197 @@ def test_critical_point_warns_once_per_field():
             AssertionError, match="max_num_steps exceeded"):
         odeint(ProjectedVectorField(lambda t, x: _spring(t, x) + 0.3, _circle), x0,
                torch.linspace(0, 1, 3, dtype=torch.float64), options={"max_num_steps": 200})
+
+
+# ----------------------------------------------------------------------------------------
+# Large n: the projection through J J^T (one pass of normal equations, CholeskyQR2, or
+# Gram-Schmidt per sample where rows are nearly dependent), forced at small n by gram_path()
+
+
+coupled_problems = st.fixed_dictionaries({
+    "seed": st.integers(0, 2**31 - 1),
+    "n": st.integers(3, 8),
+    "m": st.integers(1, 3),
+    "batch": st.lists(st.integers(1, 5), min_size=0, max_size=2),
+    "dtype": st.sampled_from([torch.float32, torch.float64]),
+    # H_1 = H_0 + coupling * H_1': from independent gradients to nearly and exactly dependent
+    # ones, across the one-pass, CholeskyQR2 and Gram-Schmidt tiers
+    "coupling": st.sampled_from([1.0, 0.3, 3e-2, 1e-3, 1e-5, 1e-8, 0.0]),
+})
+
+
+def build_coupled(p):
+    m = min(p["m"], p["n"] - 1)
+    f, base, gen = make_problem(p["seed"], p["n"], m, p["dtype"])
+
+    def H(x):
+        h = base(x)
+        if m < 2:
+            return h
+        return torch.cat([h[..., :1], h[..., :1] + p["coupling"] * h[..., 1:2], h[..., 2:]], -1)
+
+    x = torch.randn(*p["batch"], p["n"], generator=gen, dtype=p["dtype"])
+    return f, H, x
+
+
+def _unit_row_cond(jac):
+    """cond of the rows of ``jac`` scaled to unit norm, in float64, per sample."""
+    rows = jac.double() / jac.double().norm(dim=-1, keepdim=True)
+    sv = torch.linalg.svdvals(rows)
+    return sv[..., 0] / sv[..., -1]
+
+
+@settings(max_examples=80, deadline=None)
+@given(coupled_problems)
+def test_gram_path_is_orthogonal_idempotent_and_agrees_with_gram_schmidt(p):
+    f, H, x = build_coupled(p)
+    dtype = x.dtype
+    reference = ProjectedVectorField(f, H)(0.0, x)  # Gram-Schmidt: n < 256
+    with gram_path():
+        field = ProjectedVectorField(f, H)
+        out = field(0.0, x)
+        twice = field.project(x, out)
+    _, jac = invariant_jacobian(H, x)
+    v_norm = f(0.0, x).norm(dim=-1)
+    inner = (jac * out.unsqueeze(-2)).sum(-1)
+    assert bool((inner.abs() <= RTOL[dtype] * v_norm.unsqueeze(-1) * jac.norm(dim=-1)).all())
+    # The projection itself moves by eps * cond when J does by eps (here: J evaluated row by
+    # row, then in one pass), on either path; and the two paths, both backward stable, differ
+    # by as much.
+    sensitivity = RTOL[dtype] * _unit_row_cond(jac).to(dtype) * v_norm
+    assert bool(((twice - out).norm(dim=-1) <= sensitivity).all())
+    gap = (out - reference).norm(dim=-1)
+    assert bool((gap <= sensitivity).all()), (gap / v_norm).max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(coupled_problems)
+def test_gram_path_batched_equals_per_sample(p):
+    f, H, x = build_coupled(p)
+    with gram_path():
+        field = ProjectedVectorField(f, H)
+        batched = field(0.0, x)
+        flat = x.reshape(-1, x.shape[-1])
+        loop = torch.stack([field(0.0, xi) for xi in flat]).reshape(x.shape)
+    # as above: a closed-form H's Jacobian is taken row by row on the first call and in one
+    # pass after, which moves nearly dependent rows' projection by eps * cond
+    _, jac = invariant_jacobian(H, x)
+    tol = RTOL[x.dtype] * _unit_row_cond(jac).clamp(min=100).to(x.dtype) * f(0.0, x).norm(dim=-1)
+    assert bool(((batched - loop).norm(dim=-1) <= tol).all())
+
+
+def _rows(dtype, sines, scales=(3.0, 1e-2)):
+    """Two rows per sample of the given norms, at the given angles' sines, and a vector; n = 6."""
+    gen = torch.Generator().manual_seed(7)
+    a, b = torch.randn(2, len(sines), 6, generator=gen, dtype=torch.float64)
+    a = a / a.norm(dim=-1, keepdim=True)
+    b = b - (a * b).sum(-1, keepdim=True) * a
+    b = b / b.norm(dim=-1, keepdim=True)
+    s = torch.tensor(sines, dtype=torch.float64)[:, None]
+    jac = torch.stack([scales[0] * a, scales[1] * ((1 - s**2).sqrt() * a + s * b)], -2)
+    v = torch.randn(len(sines), 6, generator=gen, dtype=torch.float64)
+    return jac.to(dtype), v.to(dtype)
+
+
+@pytest.mark.parametrize(("sines", "tiers"), [
+    ([1.0, 0.5], (0, 0)),  # one pass of normal equations
+    ([1.0, 0.05], (1, 0)),  # CholeskyQR2 for the batch
+    ([0.5, 1e-6], (1, 1)),  # ... and Gram-Schmidt for the nearly dependent sample
+    ([1.0, 0.0], (1, 1)),  # ... or the dependent one
+], ids=["one-pass", "cholesky-qr2", "gram-schmidt-sample", "dependent"])
+def test_gram_project_tiers_agree_with_gram_schmidt(dtype, sines, tiers, monkeypatch):
+    calls = {"qr2": 0, "gs": 0}
+
+    def counted(name, fn):
+        def wrapper(*args):
+            calls[name] += len(args[0])
+            return fn(*args)
+        return wrapper
+
+    monkeypatch.setattr(projection_module, "_cholesky_qr2",
+                        counted("qr2", projection_module._cholesky_qr2))
+    monkeypatch.setattr(projection_module, "_gram_schmidt", counted("gs", _gram_schmidt))
+    jac, v = _rows(dtype, sines)
+    rel = 64 * torch.finfo(dtype).eps
+    out = _gram_project(jac, v, rel)
+    assert (calls["qr2"] // 2, calls["gs"]) == tiers  # CholeskyQR2 on the batch, GS per sample
+    expected = _remove_components(_gram_schmidt(jac, rel)[0], v)
+    gap = (out - expected).norm(dim=-1)
+    assert bool((gap <= RTOL[dtype] * _unit_row_cond(jac).to(dtype) * v.norm(dim=-1)).all())
+    if sines[1] == 0.0:  # the dependent row is dropped, as Gram-Schmidt drops it
+        assert torch.equal(out[1], expected[1])
+
+
+def test_gram_project_leaves_a_batch_of_dependent_rows_to_gram_schmidt():
+    jac, v = _rows(torch.float64, [0.0, 0.0])
+    assert _gram_project(jac, v, 1e-14) is None  # the caller then runs Gram-Schmidt
+    assert _gram_project(torch.zeros_like(jac), v, 1e-14) is None  # critical point
+
+
+@pytest.mark.parametrize("sines", [[1.0, 0.5], [0.7, 0.2]], ids=["one-pass", "cholesky-qr2"])
+def test_gram_project_gradients(sines):
+    jac, v = _rows(torch.float64, sines, scales=(1.0, 0.5))
+    jac.requires_grad_(True)
+    v.requires_grad_(True)
+
+    def gram(j, w):
+        return _gram_project(j, w, 1e-14)
+
+    def schmidt(j, w):
+        return _remove_components(_gram_schmidt(j, 1e-14)[0], w)
+
+    assert torch.autograd.gradcheck(gram, (jac, v))
+    assert torch.autograd.gradgradcheck(gram, (jac, v))
+    # first and second derivatives are those of the Gram-Schmidt path
+    weights = torch.randn(jac.shape[0], jac.shape[-1], generator=torch.Generator().manual_seed(0),
+                          dtype=torch.float64)
+    derivatives = []
+    for fn in (gram, schmidt):
+        (g,) = torch.autograd.grad(fn(jac, v), jac, weights, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), jac)
+        derivatives.append((g, gg))
+    for a, b in zip(*derivatives, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * float(b.detach().abs().max()))
+
+
+def test_gram_project_gradients_with_a_gram_schmidt_sample_are_per_sample():
+    jac, v = _rows(torch.float64, [0.7, 1e-6, 0.05])
+    jac.requires_grad_(True)
+
+    def project(j, w):  # as ProjectedVectorField does: Gram-Schmidt where it returns None
+        out = _gram_project(j, w, 1e-14)
+        return _remove_components(_gram_schmidt(j, 1e-14)[0], w) if out is None else out
+
+    (g_all,) = torch.autograd.grad(project(jac, v).pow(2).sum(), jac)
+    for i in range(3):
+        (g_one,) = torch.autograd.grad(project(jac[i:i + 1], v[i:i + 1]).pow(2).sum(), jac)
+        torch.testing.assert_close(g_all[i], g_one[i], rtol=1e-9, atol=1e-9)
+    assert bool(torch.isfinite(g_all).all())
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_large_states_take_the_gram_path(dtype, m, monkeypatch):
+    calls = []
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return _gram_project(*args)
+
+    monkeypatch.setattr(projection_module, "_gram_project", spy)
+    torch.manual_seed(0)
+    n = projection_module._GRAM_MIN_N
+    f, H = MLP(n, n, hidden=16).to(dtype), MLP(n, m, hidden=16).to(dtype)
+    x = torch.randn(5, n, dtype=dtype)
+    out = ProjectedVectorField(f, H)(0.0, x)
+    assert calls == [(5, m, n)]
+    ProjectedVectorField(MLP(n - 1, n - 1).to(dtype), MLP(n - 1, m).to(dtype))(0.0, x[..., 1:])
+    assert calls == [(5, m, n)]  # n - 1: Gram-Schmidt
+    _, jac = invariant_jacobian(H, x)
+    expected = _remove_components(orthonormal_rows(jac), f(x))
+    torch.testing.assert_close(out, expected, rtol=RTOL[dtype], atol=RTOL[dtype])
+    with torch.enable_grad():  # trains through the projection, as the Gram-Schmidt path does
+        xg = x.clone().requires_grad_(True)
+        ProjectedVectorField(f, H)(0.0, xg).pow(2).sum().backward()
+    # every parameter but H's output bias (J does not depend on it) gets a gradient
+    assert bool(torch.isfinite(xg.grad).all()) and all(
+        p.grad is not None for p in [*f.parameters(), *list(H.parameters())[:-1]])
