@@ -266,6 +266,20 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     return t, x, dxdt
 
 
+def uniform_step(t: torch.Tensor) -> float | None:
+    """The step of a uniform time grid ``t``, or ``None`` if its steps differ.
+
+    Steps may differ by the rounding of ``t``'s dtype (a float32 ``linspace(0, 10, 100)``
+    has steps that differ in the sixth digit), not more.
+    """
+    steps = t.diff().double()
+    dt = float(steps.mean())
+    rounding = 4 * torch.finfo(t.dtype).eps * float(t.abs().max()) / dt
+    if not math.isclose(float(steps.min()), float(steps.max()), rel_tol=max(1e-6, rounding)):
+        return None
+    return dt
+
+
 def estimate_derivatives(data: TrajectoryData, *, window: int | None = None,
                          polyorder: int = 3) -> TrajectoryData:
     """The same trajectories with ``dxdt`` estimated from the (noisy) states.
@@ -306,9 +320,9 @@ def estimate_derivatives(data: TrajectoryData, *, window: int | None = None,
         msg = (f"`window` must be odd, at most the {n_times} samples per trajectory and larger "
                f"than `polyorder` = {polyorder}; got {window}")
         raise ValueError(msg)
-    steps = data.t.diff().double()
-    dt = float(steps.mean())
-    if not math.isclose(float(steps.min()), float(steps.max()), rel_tol=1e-6):
+    dt = uniform_step(data.t)
+    if dt is None:
+        steps = data.t.diff()
         msg = ("`data.t` must be uniformly spaced for a Savitzky-Golay derivative; got steps "
                f"from {float(steps.min()):g} to {float(steps.max()):g}")
         raise ValueError(msg)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import ast
 import inspect
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import torch
 
-from concernet_ode import contrastive_invariant_loss, fit_invariants
+from concernet_ode import (
+    TrajectoryData,
+    contrastive_invariant_loss,
+    estimate_derivatives,
+    fit_invariants,
+)
 from concernet_ode.reproduce import METHODS, TASKS, Recipe, get_task, run_seed
 from concernet_ode.reproduce import pipeline as pipeline_module
 from concernet_ode.training import _default_positives
@@ -46,6 +53,22 @@ def test_smoke_recipe_is_labelled_and_short():
     assert Recipe().epochs("dynamics") == 1000
     assert smoke.eval_fraction < 1 and smoke.eval_options["rtol"] > Recipe().eval_rtol
     assert smoke.describe().startswith("SMOKE RUN")
+
+
+def test_trajectory_recipe_is_table1_without_derivative_labels():
+    traj, table1 = Recipe.named("trajectories"), Recipe.table1()
+    assert traj == Recipe.trajectories() and traj.fits_trajectories
+    assert not table1.fits_trajectories and not Recipe.paper().fits_trajectories
+    changed = {f.name for f in fields(Recipe)
+               if getattr(traj, f.name) != getattr(table1, f.name)}
+    assert changed == {"name", "dynamics_fit", "warmup_epochs"}
+    text = traj.describe()
+    assert "no derivative labels" in text and "estimated from the states" in text
+    assert "observed derivatives" not in text
+    for other in (table1, Recipe.paper()):
+        assert other.describe().endswith("dynamics 1000 epochs of 100 points.")
+    # Kepler's 50 trajectories of 100 samples give 4900 windows of 3: 20 steps an epoch
+    assert traj.trajectory_epochs(4900) == 150 and traj.as_smoke().trajectory_epochs(4900) == 3
 
 
 def test_recipe_errors():
@@ -135,6 +158,35 @@ def test_smoke_seed_scores_every_method():
     oracle = result.evaluations["oracle"].violation
     assert oracle < 1e-6 and oracle < 1e-2 * result.evaluations["baseline"].violation
     assert {"contrastive", "refine", "dynamics", "evaluate"} <= set(result.seconds)
+
+
+def test_trajectory_recipe_uses_no_derivative_labels(monkeypatch):
+    # Every stage sees the states alone, or derivatives estimated from them; never the
+    # observed (noisy) labels of the protocol's data.
+    task = get_task("spring")
+    train, _ = task.system.train_data(0, dtype=torch.float32)
+    estimated = estimate_derivatives(TrajectoryData(train.t, train.x)).dxdt
+    seen = []
+
+    def spy(name, fn):
+        def wrapped(model, data, *args, **kwargs):
+            seen.append((name, data.dxdt))
+            return fn(model, data, *args, **kwargs)
+        monkeypatch.setattr(pipeline_module, name, wrapped)
+
+    for name in ("fit_invariants", "refine_invariants", "fit_ensemble", "fit_trajectories"):
+        spy(name, getattr(pipeline_module, name))
+    recipe = Recipe.trajectories().with_changes({"trajectory_steps": 250}).as_smoke()
+    result = run_seed(task, 0, recipe)
+    assert [name for name, _ in seen] == ["fit_invariants", "refine_invariants",
+                                          "fit_ensemble", "fit_trajectories"]
+    for name, dxdt in seen:
+        if name in ("fit_invariants", "fit_trajectories"):
+            assert dxdt is None, name
+        else:
+            torch.testing.assert_close(dxdt, estimated)
+    assert list(result.evaluations) == list(METHODS)
+    assert result.evaluations["oracle"].violation < 1e-6
 
 
 # ---------------------------------------------------------------- layering

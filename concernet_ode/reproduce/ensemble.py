@@ -132,12 +132,15 @@ class EnsembleField(nn.Module):
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         states = self.untile(x).movedim(-2, 0)  # (K, ..., n)
         v = self.ensemble(states)
+        # Through a rollout the state depends on the weights, and the gradient needs dJ/dx
+        # (the curvature of the level sets): keep the graph through J then, and only then.
+        keep = torch.is_grad_enabled() and x.requires_grad
         out = []
         for k, H in enumerate(self.projections):
             if H is None:
                 out.append(v[k])
                 continue
-            h, jac = invariant_jacobian(H, states[k], create_graph=False,
+            h, jac = invariant_jacobian(H, states[k], create_graph=keep,
                                         m=stacked_rows(H, self._m[k]))
             self._m[k] = h.shape[-1]
             out.append(tangent_project(jac, v[k]))

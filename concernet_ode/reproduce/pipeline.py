@@ -13,6 +13,12 @@ by its state space, an autoencoder's latent space, entered by eqs. (9)-(10):
    optimiser, trained side by side: ``baseline`` (plain MLP), ``concernet`` (the MLP behind
    the projection of eq. (6) onto the learned ``H``) and ``oracle`` (behind the projection
    onto the true invariants: what a perfect ``H`` gives; for a latent task a full-space MLP);
+   fitted to the observed derivatives, or, when the recipe fits trajectories
+   (:meth:`Recipe.trajectories`), to the observed states through ``odeint``
+   (:func:`~concernet_ode.fit_trajectories`, all members in one call on the product state
+   of :class:`EnsembleField`), the derivative data dropped before step 2 so that no stage
+   can use it (the refinement and the warm start use derivatives estimated from the
+   states);
 5. evaluation in float64 from the same initial states against the reference solution, all
    models of a space in one batched adaptive solve, plus ``concernet_manifold``: the
    concernet model integrated with ``odeint_projected`` on the learned ``H``
@@ -35,19 +41,20 @@ from dataclasses import dataclass, field
 import torch
 from torchdiffeq import odeint
 
-from ..data import TrajectoryData
+from ..data import TrajectoryData, estimate_derivatives
 from ..latent import LatentAdapter
 from ..manifold import odeint_projected
 from ..metrics import Evaluation, invariant_fidelity
 from ..models import MLP, Autoencoder, InvariantNet
 from ..projection import ProjectedVectorField
+from ..shooting import fit_trajectories
 from ..training import fit_autoencoder, fit_dynamics, fit_invariants, refine_invariants
 from .ensemble import Ensemble, EnsembleField, fit_ensemble
 from .recipe import Recipe
 from .tasks import Task
 
-__all__ = ["METHODS", "SeedResult", "contrastive_stage", "invariant_r2", "refine_stage",
-           "run_seed"]
+__all__ = ["METHODS", "SeedResult", "contrastive_stage", "dynamics_stage", "invariant_r2",
+           "refine_stage", "run_seed"]
 
 METHODS = ("baseline", "concernet", "concernet_manifold", "oracle")
 # Seeds of the evaluation initial states and of the fresh noise-free trajectories for R^2,
@@ -101,15 +108,58 @@ def contrastive_stage(data: TrajectoryData, seed: int, recipe: Recipe) -> Invari
 
 
 def refine_stage(H: torch.nn.Module, data: TrajectoryData, seed: int, recipe: Recipe) -> int:
-    """Refine ``H`` in place as ``recipe`` says; the number of epochs run (0: no stage)."""
+    """Refine ``H`` in place as ``recipe`` says; the number of epochs run (0: no stage).
+
+    Data without derivatives (the trajectory recipe) are refined against derivatives
+    estimated from the states (:func:`~concernet_ode.estimate_derivatives`)."""
     epochs = recipe.refine_epochs(data.n_traj * data.n_times)
     if epochs:
+        if data.dxdt is None:
+            data = estimate_derivatives(data)
         # No held-out guard: the committed Table 1 was run without one (the guard would
         # train on four fifths of the data and change every number).
         refine_invariants(H, data, epochs=epochs, batch_size=recipe.refine_batch,
                           lr=recipe.refine_lr, seed=seed, progress=recipe.progress,
                           lr_schedule=recipe.schedule(epochs), validation=None)
     return epochs
+
+
+def dynamics_stage(model: torch.nn.Module, data: TrajectoryData, seed: int,
+                   recipe: Recipe) -> None:
+    """Train ``model`` (an :class:`EnsembleField` or one field) as ``recipe`` says.
+
+    Fitting derivatives: ``dynamics_epochs`` epochs on ``data.dxdt``. Fitting trajectories:
+    ``warmup_epochs`` epochs on derivatives estimated from the states, then about
+    ``trajectory_steps`` steps of :func:`~concernet_ode.fit_trajectories` on the states; an
+    ensemble's members all train in that one call, on their product state (each member's
+    windows start from its own estimates), their rollouts' squared errors averaged.
+    """
+    ensemble = isinstance(model, EnsembleField)
+    common = {"seed": seed, "progress": recipe.progress}
+
+    def fit_points(points: TrajectoryData, epochs: int) -> None:
+        schedule = recipe.schedule(epochs)
+        if ensemble:
+            fit_ensemble(model, points, epochs=epochs, batch_size=recipe.dynamics_batch,
+                         lr=recipe.lr, lr_schedule=schedule, **common)
+        else:
+            fit_dynamics(model, points, epochs=epochs, batch_size=recipe.dynamics_batch,
+                         lr=recipe.lr, lr_schedule=schedule, **common)
+
+    if not recipe.fits_trajectories:
+        fit_points(data, recipe.epochs("dynamics"))
+        return
+    data = TrajectoryData(data.t, data.x)  # states only, whatever the caller passed
+    if recipe.warmup_epochs:
+        fit_points(estimate_derivatives(data), recipe.epochs("warmup"))
+    if ensemble:
+        data = TrajectoryData(data.t, model.tile(data.x))
+    window = recipe.trajectory_window
+    epochs = recipe.trajectory_epochs(data.n_traj * (data.n_times - window + 1))
+    fit_trajectories(model, data, window=window, epochs=epochs,
+                     batch_size=recipe.trajectory_batch, lr=recipe.lr,
+                     lr_schedule=recipe.schedule(epochs), starts=recipe.trajectory_starts,
+                     method="rk4", substeps=recipe.trajectory_substeps, **common)
 
 
 def _fit_autoencoder(train: TrajectoryData, seed: int, recipe: Recipe) -> LatentAdapter:
@@ -171,6 +221,8 @@ def run_seed(task: Task, seed: int, recipe: Recipe | None = None) -> SeedResult:
     recipe = task.recipe_for(Recipe.table1() if recipe is None else recipe)
     system, clock = task.system, _StageClock()
     train, _ = system.train_data(seed, dtype=torch.float32)
+    if recipe.fits_trajectories:  # no derivative labels anywhere: the states alone
+        train = TrajectoryData(train.t, train.x)
     clock.lap("data")
     adapter, data = None, train
     if task.latent:
@@ -188,17 +240,12 @@ def run_seed(task: Task, seed: int, recipe: Recipe | None = None) -> SeedResult:
     members = [_mlp(data.state_dim, seed, recipe) for _ in range(2 if task.latent else 3)]
     projections = [None, H] if task.latent else [None, H, system.invariants]
     ensemble = Ensemble(members)
-    epochs = recipe.epochs("dynamics")
-    fit_ensemble(EnsembleField(ensemble, projections), data, epochs=epochs,
-                 batch_size=recipe.dynamics_batch, lr=recipe.lr, seed=seed,
-                 progress=recipe.progress, lr_schedule=recipe.schedule(epochs))
+    dynamics_stage(EnsembleField(ensemble, projections), data, seed, recipe)
     ensemble.write_back()
     oracle = None
     if task.latent:
         oracle = ProjectedVectorField(_mlp(system.state_dim, seed, recipe), system.invariants)
-        fit_dynamics(oracle, train, epochs=epochs, batch_size=recipe.dynamics_batch,
-                     lr=recipe.lr, seed=seed, progress=recipe.progress,
-                     lr_schedule=recipe.schedule(epochs))
+        dynamics_stage(oracle, train, seed, recipe)
     clock.lap("dynamics")
 
     x0 = system.sample_initial(system.eval_traj, seed=EVAL_SEED_OFFSET + seed, evaluation=True)

@@ -2,8 +2,10 @@
 
 A :class:`Recipe` carries every choice of a run: architectures, epochs, batch sizes, steps,
 the form of the contrastive loss, the refinement stage and the evaluation solver. Two are
-named: :meth:`Recipe.paper` (the paper's protocol as its authors ran it) and
-:meth:`Recipe.table1` (the paper's plus our changes, the default). A task states where it
+named: :meth:`Recipe.paper` (the paper's protocol as its authors ran it),
+:meth:`Recipe.table1` (the paper's plus our changes, the default) and
+:meth:`Recipe.trajectories` (table1's, with no derivative labels: every dynamics model fitted
+to the observed trajectories through ``odeint``). A task states where it
 departs from whichever recipe it runs with (``Task.departures``, beside the task), and
 :meth:`Recipe.describe` is the one rendering of a recipe in words, read by the CLI help and
 the report.
@@ -48,6 +50,19 @@ class Recipe:
             sets against the observed derivatives (:func:`~concernet_ode.refine_invariants`),
             about ``refine_steps`` steps in all (0: no refinement).
         dynamics_epochs, dynamics_batch: the dynamics stage (batches of points).
+        dynamics_fit: ``"derivatives"`` (the dynamics stage fits the observed ``dxdt``, as
+            in the paper) or ``"trajectories"``: no derivative labels anywhere; the
+            contrastive stage sees the states, the refinement derivatives estimated from
+            them (:func:`~concernet_ode.estimate_derivatives`), and every dynamics model is
+            fitted to the observed trajectories by :func:`~concernet_ode.fit_trajectories`
+            (after a warm start on the estimated derivatives, ``warmup_epochs``).
+        warmup_epochs: with ``"trajectories"``, epochs of the dynamics stage on the estimated
+            derivatives before the rollouts (0: start from the initial weights).
+        trajectory_steps, trajectory_window, trajectory_batch: the rollout stage: about
+            ``trajectory_steps`` steps of ``trajectory_batch`` windows of
+            ``trajectory_window`` samples.
+        trajectory_substeps: fixed RK4 steps per sample interval of the rollouts.
+        trajectory_starts: the windows' starts (``fit_trajectories(starts=...)``).
         autoencoder_hidden, autoencoder_latent, autoencoder_epochs, autoencoder_batch: the
             autoencoder of tasks learned in a latent space.
         eval_rtol, eval_atol: the evaluation solver (adaptive Dormand-Prince, float64).
@@ -75,6 +90,13 @@ class Recipe:
     refine_batch: int = 500
     dynamics_epochs: int = 1000
     dynamics_batch: int = 100
+    dynamics_fit: str = "derivatives"
+    warmup_epochs: int = 0
+    trajectory_steps: int = 3000
+    trajectory_window: int = 3
+    trajectory_batch: int = 256
+    trajectory_substeps: int = 8
+    trajectory_starts: str = "estimated"
     autoencoder_hidden: tuple[int, ...] = (32, 16)
     autoencoder_latent: int = 9
     autoencoder_epochs: int = 1000
@@ -97,11 +119,16 @@ class Recipe:
                    refine_steps=0)
 
     @classmethod
+    def trajectories(cls) -> Recipe:
+        """:meth:`table1` without derivative labels: the dynamics fitted to trajectories."""
+        return cls(name="trajectories", dynamics_fit="trajectories", warmup_epochs=300)
+
+    @classmethod
     def named(cls, name: str) -> Recipe:
-        """:meth:`table1` or :meth:`paper` by name.
+        """A recipe of :data:`RECIPES` by name.
 
         Raises:
-            ValueError: ``name`` is neither.
+            ValueError: ``name`` is none of them.
         """
         if name not in RECIPES:
             msg = f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}"
@@ -125,9 +152,23 @@ class Recipe:
         return replace(self, smoke=True)
 
     def epochs(self, stage: str) -> int:
-        """Epochs of ``stage`` (``"contrastive"``, ``"dynamics"`` or ``"autoencoder"``)."""
+        """Epochs of ``stage`` (``"contrastive"``, ``"dynamics"``, ``"autoencoder"`` or
+        ``"warmup"``)."""
         value = getattr(self, f"{stage}_epochs")
         return max(1, round(value / SMOKE_DIVISOR)) if self.smoke else value
+
+    @property
+    def fits_trajectories(self) -> bool:
+        """Whether the dynamics are fitted to trajectories (no derivative labels)."""
+        return self.dynamics_fit == "trajectories"
+
+    def trajectory_epochs(self, n_windows: int) -> int:
+        """Epochs of ``trajectory_batch`` windows that make about ``trajectory_steps`` steps
+        on ``n_windows`` windows (at least 1)."""
+        steps = self.trajectory_steps
+        if self.smoke:
+            steps = max(1, round(steps / SMOKE_DIVISOR))
+        return max(1, round(steps / math.ceil(n_windows / self.trajectory_batch)))
 
     def schedule(self, epochs: int, *, stage: str = "") -> Callable[[int], float] | None:
         """The ``lr_schedule`` of a stage of ``epochs`` epochs (``None``: constant step)."""
@@ -182,9 +223,24 @@ class Recipe:
                          "against the observed derivatives")
         else:
             parts.append("no refinement of the invariant, as in the paper")
-        parts.append(f"dynamics {self.dynamics_epochs} epochs of {self.dynamics_batch} points")
+        if self.fits_trajectories:
+            parts[-1] = parts[-1].replace("the observed derivatives",
+                                          "derivatives estimated from the states")
+            parts.append(
+                "no derivative labels: "
+                + (f"dynamics warmed up for {self.warmup_epochs} epochs of "
+                   f"{self.dynamics_batch} points on the estimated derivatives, then "
+                   if self.warmup_epochs else "dynamics ")
+                + f"fitted to the observed trajectories by about {self.trajectory_steps} "
+                f"steps of {self.trajectory_batch} windows of {self.trajectory_window} "
+                f"samples, RK4 at {self.trajectory_substeps} steps per sample interval, "
+                f"{self.trajectory_starts} window starts")
+        else:
+            parts.append(f"dynamics {self.dynamics_epochs} epochs of {self.dynamics_batch} "
+                         "points")
         text = f"recipe {self.name!r}: " + "; ".join(parts) + "."
         return f"SMOKE RUN (numbers mean nothing): {text}" if self.smoke else text
 
 
-RECIPES: dict[str, Callable[[], Recipe]] = {"table1": Recipe.table1, "paper": Recipe.paper}
+RECIPES: dict[str, Callable[[], Recipe]] = {"table1": Recipe.table1, "paper": Recipe.paper,
+                                            "trajectories": Recipe.trajectories}
