@@ -188,9 +188,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="also table the <task>.json of other tasks already in OUT, from "
                           "earlier runs (each named in table1.md with its time); without "
                           "it table1.md holds the tasks of this run only")
-    rep.add_argument("--recipe", choices=("table1", "paper"), default="table1",
+    rep.add_argument("--recipe", choices=("table1", "paper", "trajectories"), default="table1",
                      help="the training recipe (default table1; paper: the paper's exact "
-                          "recipe); the flags below override single choices of it")
+                          "recipe; trajectories: no derivative labels, dynamics fitted "
+                          "through odeint); the flags below override single choices of it")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep.add_argument("--jobs", type=int, default=1,
                      help="run the seeds of a task in this many processes (default 1)")
