@@ -14,7 +14,7 @@ from concernet_ode.cli import main
 from concernet_ode.workflow import LearnSettings, learn
 
 FAST = LearnSettings(hidden=16, invariant_steps=60, refine_steps=20, dynamics_steps=60,
-                     count_epochs=5)
+                     projected_steps=20, count_steps=10)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of Table 1's metrics and of the invariant fidelity (R^2 of an affine readout)."""
+"""Tests of Table 1's metrics, the invariant fidelity (R^2 of a readout) and the tilt."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from concernet_ode import conservation_violation, invariant_fidelity, trajectory_mse
-from concernet_ode.metrics import Evaluation, evaluate
+from concernet_ode.metrics import Evaluation, evaluate, gradient_tilt
 from concernet_ode.systems import SpringMass
 
 
@@ -95,6 +95,70 @@ def test_fidelity_rejects_nan():
     learned[2] = float("nan")
     with pytest.raises(ValueError, match="`learned` contains NaN"):
         invariant_fidelity(learned, torch.arange(5.0).unsqueeze(-1))
+
+
+def test_cubic_readout_sees_through_a_curved_invertible_map(rng):
+    # Two invariants learned as a curved invertible map of the true ones: the affine readout
+    # falls short, the held-out cubic one recovers them.
+    true = torch.rand(2000, 2, generator=rng, dtype=torch.float64) + 0.5
+    learned = torch.stack([true[:, 0].log() + true[:, 1], true[:, 1] ** 2], -1)
+    affine = invariant_fidelity(learned, true)
+    cubic = invariant_fidelity(learned, true, degree=3)
+    assert float(affine.min()) < 0.99
+    assert float(cubic.min()) > 0.999
+    # scored on the half it was not fitted on: a readout of pure noise scores no better
+    noise = torch.randn(2000, 2, generator=rng, dtype=torch.float64)
+    assert float(invariant_fidelity(noise, true, degree=3).max()) < 0.01
+    assert torch.equal(invariant_fidelity(learned, true, degree=3, seed=1),
+                       invariant_fidelity(learned, true, degree=3, seed=1))
+
+
+def test_readout_errors(rng):
+    with pytest.raises(ValueError, match=r"`degree` must be an int >= 1 \(1: affine"):
+        invariant_fidelity(torch.zeros(10, 1), torch.zeros(10, 1), degree=0)
+    with pytest.raises(ValueError, match=r"N >= 20 \(twice the 10 coefficients of a degree-3"):
+        invariant_fidelity(torch.randn(19, 2, generator=rng), torch.randn(19, 1), degree=3)
+
+
+# ---------------------------------------------------------------- gradient_tilt
+
+
+def body(x: torch.Tensor) -> torch.Tensor:
+    """|m|^2 and a rigid body's energy with moments (1, 2, 3)."""
+    sq = x.square()
+    return torch.stack([sq.sum(-1), (sq / sq.new_tensor([1.0, 2.0, 3.0])).sum(-1)], -1)
+
+
+def test_tilt_is_zero_for_any_invertible_map_of_the_invariants(rng):
+    x = torch.randn(50, 3, generator=rng, dtype=torch.float64)
+
+    def remapped(x):
+        h = body(x)
+        return torch.stack([h[..., 0] + h[..., 1] ** 2, torch.exp(h[..., 1])], -1)
+
+    tilt = gradient_tilt(remapped, body, x)
+    assert tilt.shape == (50, 2) and tilt.dtype == torch.float64
+    assert float(tilt.max()) < 1e-12
+
+
+def test_tilt_known_angles(rng):
+    # H = x0 against the plane span(e0, e1): one invariant inside it (angle 0); the plane
+    # span(e0, e2) against span(e0, e1): the angles 0 and 90 degrees, largest first.
+    x = torch.randn(5, 3, generator=rng, dtype=torch.float64)
+    plane = lambda x: x[..., :2]  # noqa: E731
+    assert float(gradient_tilt(lambda x: x[..., 0], plane, x).max()) < 1e-15
+    other = lambda x: x[..., ::2]  # noqa: E731
+    assert torch.allclose(gradient_tilt(other, plane, x), x.new_tensor([[1.0, 0.0]] * 5))
+    # a direction tilted by 30 degrees out of the plane
+    tilted = lambda x: x[..., 0] * 3**0.5 / 2 + x[..., 2] / 2  # noqa: E731
+    assert torch.allclose(gradient_tilt(tilted, plane, x), x.new_full((5, 1), 0.5))
+
+
+def test_tilt_counts_a_lost_gradient_as_a_right_angle(rng):
+    x = torch.randn(4, 3, generator=rng, dtype=torch.float64)
+    lost = lambda x: torch.stack([x[..., 0], 0 * x[..., 1]], -1)  # noqa: E731
+    tilt = gradient_tilt(lost, lambda x: x[..., :2], x)
+    assert torch.allclose(tilt, x.new_tensor([[1.0, 0.0]] * 4))
 
 
 # ---------------------------------------------------------------- trajectory_mse / violation

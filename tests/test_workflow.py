@@ -12,11 +12,18 @@ import torch
 
 from concernet_ode import TrajectoryData
 from concernet_ode.systems import SpringMass
-from concernet_ode.workflow import ConservationModel, LearnSettings, learn, load
+from concernet_ode.workflow import (
+    ConservationModel,
+    LearnSettings,
+    _derivative_window,
+    learn,
+    load,
+)
 
 # A few hundred steps: enough to exercise every stage, far from the defaults' quality.
 FAST = LearnSettings(hidden=16, invariant_steps=60, refine_steps=20, dynamics_steps=60,
-                     count_epochs=5)
+                     projected_steps=20,
+                     count_steps=10)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +51,27 @@ def test_learn_returns_a_conserving_model(model):
     # The projected model keeps its own invariant to the solver's accuracy; the baseline not.
     assert held["projected"]["invariant_drift"] < 1e-6 < held["baseline"]["invariant_drift"]
     assert "| projected |" in model.report_markdown()
+    # trained in float32 (the default), returned in the data's dtype
+    assert all(p.dtype == torch.float64 for p in model.invariants.parameters())
+    assert model.invariants.shift.dtype == torch.float64
+
+
+def test_derivative_window_follows_the_time_scale():
+    # Leave-one-out cross-validation of the smoothed states: a slow signal, where every
+    # window is unbiased, takes a wide window (less noise); a fast one a narrow window.
+    t = torch.linspace(0, 5, 50, dtype=torch.float64)
+    noise = 0.01 * torch.randn(20, 50, 1, generator=torch.Generator().manual_seed(0),
+                               dtype=torch.float64)
+    slow = TrajectoryData(t, (0.3 * t).sin().expand(20, 50).unsqueeze(-1) + noise)
+    fast = TrajectoryData(t, (4.0 * t).sin().expand(20, 50).unsqueeze(-1) + noise)
+    assert _derivative_window(slow) >= 25
+    assert _derivative_window(fast) <= 9
+    assert _derivative_window(fast) % 2 == 1
+
+
+def test_settings_errors():
+    with pytest.raises(ValueError, match="`train_dtype` must be 'float32' or 'float64'"):
+        LearnSettings(train_dtype="half")
 
 
 def test_simulate_follows_the_input_dtype_and_conserves(model):
@@ -114,3 +142,22 @@ def test_learn_errors(spring_data):
         learn(spring_data, n_invariants=2, settings=FAST)
     with pytest.raises(ValueError, match=r"`names` must be 2 non-empty strings"):
         learn(spring_data, names=("q",), settings=FAST)
+
+
+def test_several_invariants_keep_the_best_of_several_starts():
+    from concernet_ode.systems import RigidBody
+
+    data = RigidBody().trajectories(12, t_end=3.0, n_times=20, noise=0.01, seed=0)
+    model = learn(data, n_invariants=2, seed=0, settings=FAST, progress=False)
+    starts = model.report["refinement"]["starts"]
+    assert len(starts) == FAST.invariant_starts == 2
+    assert model.report["refinement"]["validation_normal_flow_after"] == min(starts)
+    assert model.invariants(data.x[0]).shape == (20, 2)
+
+
+def test_the_count_note_says_what_a_count_can_mean():
+    from concernet_ode.workflow import _count_note
+
+    assert "2 such local invariants" in _count_note(1, 3)
+    assert "most any flow has along short pieces" in _count_note(2, 3)
+    assert "most any flow" not in _count_note(1, 2)  # in 2-d one is also the only answer
