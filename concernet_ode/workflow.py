@@ -86,7 +86,7 @@ class LearnSettings:
     dynamics_steps: int = 4000
     projected_steps: int = 1000
     projected_lr: float = 3e-4
-    count_steps: int = 1500
+    count_steps: int = 3000
     invariant_starts: int = 2
     test_fraction: float = 0.25
     train_dtype: str = "float32"

@@ -7,12 +7,13 @@ Per system and seed: ``--n-traj`` noisy trajectories of the system's training pr
 scores on data ``learn`` never saw:
 
 - R^2 of each true invariant read out from the learned ones on fresh states (200 new
-  trajectories of the training distribution, 25 times each): affine, and for m > 1 also a
-  cubic polynomial of the standardised learned features fitted on half of the states and
-  scored on the other half (``invariant_fidelity(..., degree=3)``: the contrastive loss fixes
-  a set of invariants only up to an invertible map); with the tilt of the learned gradients'
-  span against the true one (``gradient_tilt``: the sine of the largest principal angle,
-  mean and 95th percentile over those states);
+  trajectories of the training distribution, 25 times each): affine, and a cubic polynomial
+  of the standardised learned features fitted on half of the states and scored on the other
+  half (``invariant_fidelity(..., degree=3)``: the contrastive loss fixes a set of
+  invariants only up to an invertible map; the goal's readout for m > 1, printed for m = 1
+  too, where it tells a curved labelling from a noisy one); with the tilt of the learned
+  gradients' span against the true one (``gradient_tilt``: the sine of the largest principal
+  angle, mean and 95th percentile over those states);
 - rollouts of the baseline and of the projected model from 20 fresh initial states over the
   system's evaluation horizon (1001 points, float64, rtol 1e-7): the violation of the *true*
   invariants (Table 1's: mean over trajectories, times and invariants of
