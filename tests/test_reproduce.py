@@ -114,6 +114,18 @@ def test_departures_win_over_the_recipe():
     assert get_task("spring").recipe_for(Recipe.paper()) == Recipe.paper()
 
 
+def test_trajectory_departures_apply_to_the_trajectory_recipe_only():
+    kepler, spring = get_task("kepler"), get_task("spring")
+    traj = kepler.recipe_for(Recipe.trajectories())
+    assert (traj.trajectory_window, traj.trajectory_substeps) == (3, 8)
+    assert traj.refine_lr == 1e-3  # the task's other departures still apply
+    assert spring.recipe_for(Recipe.trajectories()).trajectory_window == 30
+    assert kepler.recipe_for(Recipe.table1()) == Recipe.table1().with_changes(
+        kepler.departures)
+    for task in TASKS.values():
+        assert bool(task.trajectory_departures) == bool(task.trajectory_notes), task.name
+
+
 def test_every_departure_is_explained_in_the_notes():
     for task in TASKS.values():
         assert bool(task.departures) == bool(task.notes), task.name

@@ -61,7 +61,8 @@ class Recipe:
         trajectory_steps, trajectory_window, trajectory_batch: the rollout stage: about
             ``trajectory_steps`` steps of ``trajectory_batch`` windows of
             ``trajectory_window`` samples.
-        trajectory_substeps: fixed RK4 steps per sample interval of the rollouts.
+        trajectory_substeps: fixed RK4 steps per sample interval of the rollouts (a task
+            whose orbits turn fast between samples departs: ``Task.trajectory_departures``).
         trajectory_starts: the windows' starts (``fit_trajectories(starts=...)``).
         autoencoder_hidden, autoencoder_latent, autoencoder_epochs, autoencoder_batch: the
             autoencoder of tasks learned in a latent space.
@@ -93,9 +94,9 @@ class Recipe:
     dynamics_fit: str = "derivatives"
     warmup_epochs: int = 0
     trajectory_steps: int = 3000
-    trajectory_window: int = 3
+    trajectory_window: int = 10
     trajectory_batch: int = 256
-    trajectory_substeps: int = 8
+    trajectory_substeps: int = 1
     trajectory_starts: str = "estimated"
     autoencoder_hidden: tuple[int, ...] = (32, 16)
     autoencoder_latent: int = 9
